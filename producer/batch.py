@@ -1,0 +1,39 @@
+"""Registering a checked submission as a batch in Redis, resuming one under the same name."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from producer.spec import ItemSpec
+from worker.state import NewItem, Registration, Store
+
+
+def default_name(paths: Sequence[Path]) -> str:
+    """A batch name for files given without --name: the same files give the same name."""
+    joined = "\n".join(str(p.resolve()) for p in paths)
+    digest = hashlib.sha256(joined.encode()).hexdigest()[:8]
+    stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in paths[0].stem)[:40]
+    return f"{stem or 'batch'}-{digest}"
+
+
+def new_batch_id(now: float | None = None) -> str:
+    """A fresh, sortable, key-safe batch id such as `20261123-004911-3fa2c1`."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now if now is not None else time.time()))
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+def register_batch(store: Store, items: Sequence[ItemSpec], *, name: str, bucket_url: str,
+                   sources: Sequence[str], start: bool = True,
+                   start_at: float | None = None) -> Registration:
+    """Create the batch `name` (or extend the existing one) with `items`; nothing is sent."""
+    bid = store.batch_id_for_name(name) or new_batch_id()
+    record = {"name": name, "bucket_url": bucket_url, "sources": "\n".join(sources)}
+    if start_at is not None:
+        record["start_at"] = str(start_at)
+    new_items = (NewItem(item_id=s.item_id, file=s.file, line=s.line, model=s.model,
+                         input=s.input) for s in items)
+    return store.register(bid, record, new_items, start=start)

@@ -1,0 +1,5 @@
+"""`python -m rcbatch`: the same as the `rcbatch` command."""
+
+from rcbatch.cli import main
+
+main()

@@ -1,0 +1,109 @@
+"""Commands on a registered batch: status, watch, manifest, retry, cancel."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from config import load_settings
+from rcbatch.progress import batch_state, follow, summary
+from rcbatch.services import open_redis, open_store, resolve_batch
+from worker import keys, operations
+from worker.manifest import manifest_keys
+from worker.state import Store
+
+batch_argument = click.argument("batch", metavar="BATCH")
+
+
+def status_document(store: Store, bid: str, bucket_url: str) -> dict[str, object]:
+    """The `status --json` document of a batch."""
+    from worker.bucket import open_bucket
+
+    record = store.batch(bid) or {}
+    counts = store.counts(bid)
+    settings = load_settings()
+    bucket = open_bucket(record.get("bucket_url") or bucket_url,
+                         s3_endpoint_url=settings.s3_endpoint_url)
+    doc: dict[str, object] = {
+        "batch_id": bid, "name": record.get("name"), "state": batch_state(record, counts),
+        "counts": counts, "total": int(record.get("total", 0)),
+        "manifest": bucket.url_for(manifest_keys(bid)[0]),
+    }
+    if record.get("state") == keys.BATCH_PAUSED:
+        doc["paused"] = record.get("pause_reason") or "paused"
+    return doc
+
+
+@click.command()
+@batch_argument
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(batch: str, as_json: bool) -> None:
+    """Counts per state of BATCH (an id or a name)."""
+    settings = load_settings()
+    with open_store(settings) as store:
+        bid = resolve_batch(store, batch)
+        doc = status_document(store, bid, settings.resolved_bucket_url())
+    if as_json:
+        click.echo(json.dumps(doc))
+        return
+    click.echo(f"batch {bid} ({doc['name']}): {doc['state']}")
+    click.echo(f"  {summary(doc['counts'])}  (total {doc['total']})")  # type: ignore[arg-type]
+    if "paused" in doc:
+        click.echo(f"  paused: {doc['paused']}")
+    click.echo(f"  manifest: {doc['manifest']}")
+
+
+@click.command()
+@batch_argument
+def watch(batch: str) -> None:
+    """Live progress of BATCH until it is finished."""
+    settings = load_settings()
+    with open_store(settings) as store:
+        counts = follow(store, resolve_batch(store, batch))
+    click.echo(summary(counts))
+    if counts["failed"] or counts["submit_uncertain"] or counts["cancelled"]:
+        raise SystemExit(1)
+
+
+@click.command()
+@batch_argument
+def manifest(batch: str) -> None:
+    """(Re)write BATCH's manifest to the bucket and print its URL."""
+    from worker.runtime import RecordingPublisher
+    from worker.tasks import refresh_manifest
+    from worker.wiring import build_runtime
+
+    settings = load_settings()
+    with open_redis(settings) as url:
+        rt = build_runtime(settings.model_copy(update={"redis_url": url}), RecordingPublisher())
+        click.echo(refresh_manifest(rt, resolve_batch(rt.store, batch)))
+
+
+@click.command()
+@batch_argument
+@click.option("--only-failed", is_flag=True, help="Only failed items (the default).")
+@click.option("--all-failed", is_flag=True, help="Also items that failed for their input.")
+@click.option("--uncertain", is_flag=True,
+              help="Also re-submit submit_uncertain items (they may be paid for twice).")
+def retry(batch: str, only_failed: bool, all_failed: bool, uncertain: bool) -> None:
+    """Re-run the failed items of BATCH (not those the API refused, unless --all-failed)."""
+    settings = load_settings()
+    with open_store(settings) as store:
+        bid = resolve_batch(store, batch)
+        chosen = [r for r in store.iter_items(bid)
+                  if operations.retryable(r, all_failed=all_failed, uncertain=uncertain)]
+        count = operations.retry_items(store, bid, chosen)
+    click.echo(f"{count} items queued again in batch {bid}")
+
+
+@click.command()
+@batch_argument
+def cancel(batch: str) -> None:
+    """Cancel BATCH for good: nothing more is submitted."""
+    settings = load_settings()
+    with open_store(settings) as store:
+        bid = resolve_batch(store, batch)
+        count = operations.cancel_batch(store, bid)
+    click.echo(f"batch {bid} cancelled ({count} pending items cancelled)")
+

@@ -1,0 +1,149 @@
+"""`rcbatch validate` and `rcbatch submit`: check every row before any money is spent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import httpx
+
+from config import Settings, load_settings
+from producer.spec import CheckResult, ItemSpec, read_and_check
+from rcbatch.errors import InputError, Problem, ValidationFailed
+
+files_argument = click.argument("files", nargs=-1, required=True,
+                                type=click.Path(path_type=Path, dir_okay=False))
+model_option = click.option("--model", "default_model", metavar="MODEL",
+                            help="Model for rows that do not name one.")
+preflight_option = click.option("--no-preflight", is_flag=True,
+                                help="Do not fetch input images to check them.")
+
+
+@dataclass
+class Checked:
+    """A checked submission: its items, and the warnings worth showing."""
+
+    items: list[ItemSpec]
+    warnings: list[Problem]
+    by_model: dict[str, int]
+
+
+def check_files(files: Sequence[Path], *, default_model: str | None, preflight: bool,
+                settings: Settings) -> Checked:
+    """Read, validate and (optionally) preflight every row; ValidationFailed lists all errors."""
+    for path in files:
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+    result = read_and_check(list(files), default_model=default_model)
+    problems = list(result.problems)
+    if preflight and not problems:
+        problems += run_preflight(result.items, settings)
+    if problems:
+        raise ValidationFailed(problems)
+    return Checked(list(result.items), list(result.warnings), _by_model(result))
+
+
+def _by_model(result: CheckResult) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in result.items:
+        counts[item.model] = counts.get(item.model, 0) + 1
+    return counts
+
+
+def run_preflight(items: Sequence[ItemSpec], settings: Settings) -> list[Problem]:
+    """Fetch each input image's header and check it against the model's rules."""
+    from runcomfy.preflight import Preflight
+
+    async def go() -> list[list[object]]:
+        timeout = httpx.Timeout(connect=settings.http_connect_timeout, read=20.0, write=20.0,
+                                pool=30.0)
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client:
+            checker = Preflight(client, concurrency=settings.preflight_concurrency)
+            return await checker.check_rows([(i.model, i.input) for i in items])  # type: ignore[return-value]
+
+    found = asyncio.run(go())
+    return [Problem(item.file, item.line, issue.field, issue.message)  # type: ignore[attr-defined]
+            for item, issues in zip(items, found, strict=True) for issue in issues
+            if getattr(issue, "severity", "error") == "error"]
+
+
+def print_problems(problems: Sequence[Problem], *, warning: bool = False) -> None:
+    """One line per problem on stderr: `FILE:LINE: FIELD: message`."""
+    for problem in problems:
+        text = str(problem)
+        if warning:
+            text = f"{problem.file}:{problem.line}: {problem.field}: warning: {problem.message}"
+        click.echo(text, err=True)
+
+
+@click.command()
+@files_argument
+@model_option
+@preflight_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def validate(files: tuple[Path, ...], default_model: str | None, no_preflight: bool,
+             as_json: bool) -> None:
+    """Check every row of FILES without enqueuing anything."""
+    settings = load_settings()
+    try:
+        checked = check_files(files, default_model=default_model, preflight=not no_preflight,
+                              settings=settings)
+    except ValidationFailed as exc:
+        if as_json:
+            click.echo(json.dumps({"items": 0, "by_model": {},
+                                   "errors": [p.as_dict() for p in exc.problems]}))
+        else:
+            print_problems(exc.problems)
+        raise
+    if as_json:
+        click.echo(json.dumps({"items": len(checked.items), "by_model": checked.by_model,
+                               "errors": [],
+                               "warnings": [w.as_dict() for w in checked.warnings]}))
+        return
+    print_problems(checked.warnings, warning=True)
+    click.echo(f"{len(checked.items)} items valid")
+    for model, count in sorted(checked.by_model.items()):
+        click.echo(f"  {model}: {count}")
+
+
+@click.command()
+@files_argument
+@model_option
+@preflight_option
+@click.option("--name", help="Batch name; submitting again under a name resumes that batch.")
+@click.option("--at", "at", metavar="WHEN", help="Start at this time (HH:MM or ISO 8601).")
+@click.option("--json", "as_json", is_flag=True, help="Print {batch_id, items} as JSON.")
+def submit(files: tuple[Path, ...], default_model: str | None, no_preflight: bool,
+           name: str | None, at: str | None, as_json: bool) -> None:
+    """Validate FILES and register a batch for running workers; returns at once."""
+    from producer.batch import default_name, register_batch
+    from rcbatch.schedule import parse_when
+    from worker.celery_app import configure
+    from worker.state import Store
+    from worker.tasks import CeleryPublisher
+    from worker.wiring import check_redis, redis_client
+
+    settings = load_settings()
+    if not settings.redis_url:
+        raise InputError("submit needs RCBATCH_REDIS_URL (the Redis your workers use); "
+                         "`rcbatch run` starts everything itself")
+    start_at = parse_when(at) if at else None
+    checked = check_files(files, default_model=default_model, preflight=not no_preflight,
+                          settings=settings)
+    print_problems(checked.warnings, warning=True)
+    client = redis_client(settings.redis_url)
+    check_redis(client)
+    reg = register_batch(Store(client), checked.items, name=name or default_name(files),
+                         bucket_url=settings.resolved_bucket_url(),
+                         sources=[str(f) for f in files], start=start_at is None,
+                         start_at=start_at)
+    configure(settings)
+    CeleryPublisher().dispatch()
+    if as_json:
+        click.echo(json.dumps({"batch_id": reg.batch_id, "items": len(checked.items)}))
+    else:
+        click.echo(reg.batch_id)

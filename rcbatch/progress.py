@@ -1,0 +1,119 @@
+"""Live progress of a batch: a rich progress bar on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from worker import keys
+from worker.state import Store
+
+TERMINAL = keys.PUBLIC_TERMINAL
+
+
+def batch_state(record: dict[str, str], counts: dict[str, int]) -> str:
+    """The CONTRACT's batch state: scheduled, running, finished or cancelled."""
+    total = int(record.get("total", 0))
+    if record.get("state") == keys.BATCH_CANCELLED and sum(counts[s] for s in TERMINAL) >= total:
+        return "cancelled"
+    if record.get("state") == keys.BATCH_SCHEDULED:
+        return "scheduled"
+    if sum(counts[s] for s in TERMINAL) >= total:
+        return "finished"
+    return "cancelled" if record.get("state") == keys.BATCH_CANCELLED else "running"
+
+
+def summary(counts: dict[str, int]) -> str:
+    """`completed 3 · running 2 · ...`, leaving out zero counts."""
+    parts = [f"{state} {counts[state]}" for state in keys.PUBLIC_STATES if counts.get(state)]
+    return " · ".join(parts) or "no items"
+
+
+def follow(store: Store, bid: str, *, stream: TextIO | None = None, interval: float = 0.5,
+           tick: Callable[[], None] | None = None, timeout: float | None = None) -> dict[str, int]:
+    """Show progress until the batch is finished (or `timeout`); returns the last counts.
+
+    `tick` runs on every refresh (the `run` command supervises its processes there).
+    """
+    stream = stream or sys.stderr
+    view: _View = _BarView(stream) if stream.isatty() else _LineView(stream)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with view:
+        while True:
+            record = store.batch(bid) or {}
+            counts = store.counts(bid)
+            view.update(int(record.get("total", 0)), counts)
+            state = batch_state(record, counts)
+            if state in ("finished", "cancelled"):
+                return counts
+            if deadline is not None and time.monotonic() > deadline:
+                return counts
+            if tick:
+                tick()
+            time.sleep(interval)
+
+
+class _View:
+    def __enter__(self) -> _View:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def update(self, total: int, counts: dict[str, int]) -> None:
+        raise NotImplementedError
+
+
+class _BarView(_View):
+    """A rich bar with counts per state, rate and ETA."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[states]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=Console(file=stream), transient=False)
+        self.task = self.progress.add_task("batch", total=None, states="")
+
+    def __enter__(self) -> _View:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+    def update(self, total: int, counts: dict[str, int]) -> None:
+        done = sum(counts[s] for s in TERMINAL)
+        self.progress.update(self.task, total=total, completed=done, states=summary(counts))
+
+
+class _LineView(_View):
+    """A plain line whenever the counts change (at most every 5 s), for logs and pipes."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.last = ""
+        self.last_at = 0.0
+        self.started = time.monotonic()
+
+    def update(self, total: int, counts: dict[str, int]) -> None:
+        done = sum(counts[s] for s in TERMINAL)
+        line = f"{done}/{total} done: {summary(counts)}"
+        now = time.monotonic()
+        if line != self.last and (now - self.last_at >= 5 or done == total):
+            elapsed = now - self.started
+            rate = done / elapsed if elapsed > 0 else 0.0
+            self.stream.write(f"[{elapsed:7.1f}s] {line} ({rate:.1f} items/s)\n")
+            self.stream.flush()
+            self.last, self.last_at = line, now

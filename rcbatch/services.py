@@ -1,0 +1,45 @@
+"""Reaching the services a command needs: Redis (given or embedded) and a batch by id or name."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from config import Settings
+from rcbatch.embedded_redis import ensure_redis
+from rcbatch.errors import InputError
+from worker.state import Store
+from worker.wiring import check_redis, redis_client
+
+
+@contextmanager
+def open_redis(settings: Settings) -> Iterator[str]:
+    """The URL of RCBATCH_REDIS_URL, or of the embedded Redis of the state folder.
+
+    The embedded server keeps its data (append-only file) in the state folder, so `status`
+    after a finished `rcbatch run` starts it again briefly to read what the run left.
+    """
+    url, server = ensure_redis(settings.redis_url, settings.state_dir)
+    try:
+        check_redis(redis_client(url))
+        yield url
+    finally:
+        if server is not None:
+            server.stop()
+
+
+@contextmanager
+def open_store(settings: Settings) -> Iterator[Store]:
+    """A Store over the Redis of `open_redis`."""
+    with open_redis(settings) as url:
+        yield Store(redis_client(url))
+
+
+def resolve_batch(store: Store, ref: str) -> str:
+    """The batch id for `ref`, a batch id or a batch name; InputError when unknown."""
+    if store.batch(ref) is not None:
+        return ref
+    bid = store.batch_id_for_name(ref)
+    if bid is None:
+        raise InputError(f"no batch with id or name {ref!r}")
+    return bid

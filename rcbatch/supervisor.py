@@ -1,0 +1,144 @@
+"""The processes `rcbatch run` starts (simulator, workers): started, watched, restarted, stopped.
+
+Children die with the `run` process even when it is SIGKILLed (PR_SET_PDEATHSIG), their logs
+go to `STATE_DIR/logs/`, and a worker that exits while the batch runs is started again (a
+Celery worker can exit on a Redis restart mid-task; FACTS.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import structlog
+
+from rcbatch.embedded_redis import die_with_parent
+from rcbatch.errors import ServiceUnavailable
+
+_LISTENING = re.compile(r"listening on (http://\S+)")
+log = structlog.get_logger("rcbatch.run")
+
+
+@dataclass
+class Child:
+    """One supervised process and how to start it again."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+
+
+@dataclass
+class Supervisor:
+    """Starts children with a shared environment and keeps the workers alive."""
+
+    log_dir: Path
+    env: Mapping[str, str]
+    children: list[Child] = field(default_factory=list)
+    _logs: list[IO[bytes]] = field(default_factory=list)
+
+    def start_simulator(self, options: Sequence[str], timeout: float = 20.0) -> str:
+        """Start `rcbatch simulate` on a free loopback port; returns its base URL."""
+        argv = [sys.executable, "-m", "rcbatch", "simulate", "--port", "0", *options]
+        child = Child("simulator", argv, dict(self.env), self.log_dir / "simulator.log")
+        proc = subprocess.Popen(argv, env=child.env, stdout=subprocess.PIPE,
+                                stderr=self._open_log(child.log_path),
+                                preexec_fn=die_with_parent(), start_new_session=True)
+        child.process = proc
+        self.children.append(child)
+        url = _read_url(proc, timeout)
+        if url is None:
+            raise ServiceUnavailable(f"the simulator did not start; see {child.log_path}")
+        # Keep reading its stdout so a chatty simulator never blocks on a full pipe.
+        threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
+        return url
+
+    def start_workers(self, count: int, concurrency: int, *, beat_schedule: Path) -> None:
+        """Start `count` Celery workers; the first also runs beat (the reconciler's clock)."""
+        for n in range(count):
+            argv = [sys.executable, "-m", "rcbatch", "worker", "--concurrency", str(concurrency),
+                    "--hostname", f"run{n}-{os.getpid()}@%h", "--without-gossip",
+                    "--without-mingle"]
+            if n == 0:
+                argv += ["--beat", "--schedule", str(beat_schedule)]
+            child = Child(f"worker-{n}", argv, dict(self.env),
+                          self.log_dir / f"worker-{n}.log")
+            self._spawn(child)
+            self.children.append(child)
+
+    def check(self) -> None:
+        """Restart any worker that has exited."""
+        for child in self.children:
+            proc = child.process
+            if child.name.startswith("worker") and proc and proc.poll() is not None:
+                child.restarts += 1
+                log.warning("worker_restarted", worker=child.name, exit_code=proc.returncode,
+                            restarts=child.restarts)
+                self._spawn(child)
+
+    def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM every child (warm shutdown), SIGKILL what is left after `grace`."""
+        for child in self.children:
+            if child.process and child.process.poll() is None:
+                _signal_group(child.process, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for child in self.children:
+            if child.process is None:
+                continue
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(child.process, signal.SIGKILL)
+                child.process.wait(5)
+        for handle in self._logs:
+            handle.close()
+        self._logs.clear()
+
+    def _spawn(self, child: Child) -> None:
+        child.process = subprocess.Popen(
+            child.argv, env=child.env, stdout=subprocess.DEVNULL,
+            stderr=self._open_log(child.log_path), preexec_fn=die_with_parent(),
+            start_new_session=True)
+
+    def _open_log(self, path: Path) -> IO[bytes]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("ab")
+        self._logs.append(handle)
+        return handle
+
+
+def _read_url(proc: subprocess.Popen[bytes], timeout: float) -> str | None:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            match = _LISTENING.search(proc.stdout.readline().decode(errors="replace"))
+            if match:
+                return match.group(1)
+    return None
+
+
+def _drain(stream: IO[bytes] | None) -> None:
+    if stream is not None:
+        for _ in iter(stream.readline, b""):
+            pass
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)

@@ -1,0 +1,129 @@
+"""State transitions in Redis (fakeredis with Lua): the rules every step relies on."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+
+from worker import keys
+from worker.state import REMOVE, NewItem, Store
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(clock: Clock) -> Store:
+    return Store(fakeredis.FakeRedis(), clock=clock)
+
+
+def items(n: int) -> list[NewItem]:
+    return [NewItem(f"i{k}", "f.jsonl", k + 1, "m", {"prompt": f"p{k}"}) for k in range(n)]
+
+
+def test_register_counts_every_item_pending(store: Store) -> None:
+    reg = store.register("b", {"name": "n"}, items(5))
+    assert (reg.added, reg.existing) == (5, 0)
+    assert store.counts("b")["pending"] == 5
+    assert store.item_ids("b") == [f"i{k}" for k in range(5)]
+    assert store.batch_id_for_name("n") == "b"
+
+
+def test_registering_again_adds_only_new_items(store: Store) -> None:
+    store.register("b", {"name": "n"}, items(3))
+    store.claim("b", cap=10, lease=60, claim_due=60)
+    reg = store.register("b", {"name": "n"}, items(5))
+    assert (reg.added, reg.existing) == (2, 3)
+    assert store.item("b", "i0")["state"] == keys.CLAIMED  # type: ignore[index]
+    assert store.counts("b")["pending"] == 5  # 3 claimed + 2 new all show as pending
+    assert int(store.batch("b")["total"]) == 5  # type: ignore[index]
+
+
+def test_claim_never_exceeds_the_shared_cap(store: Store) -> None:
+    store.register("a", {}, items(10))
+    store.register("b", {}, items(10))
+    first = store.claim("a", cap=4, lease=60, claim_due=60)
+    second = store.claim("b", cap=4, lease=60, claim_due=60)
+    assert len(first) == 4 and second == []
+    assert store.in_flight() == 4
+
+
+def test_expired_leases_give_slots_back(store: Store, clock: Clock) -> None:
+    store.register("a", {}, items(3))
+    assert len(store.claim("a", cap=1, lease=10, claim_due=60)) == 1
+    assert store.claim("a", cap=1, lease=10, claim_due=60) == []
+    clock.now += 11
+    assert len(store.claim("a", cap=1, lease=10, claim_due=60)) == 1
+
+
+def test_claim_skips_items_that_are_no_longer_pending(store: Store) -> None:
+    store.register("a", {}, items(2))
+    store.transition("a", "i0", expect=(keys.PENDING,), to=keys.CANCELLED)
+    claimed = store.claim("a", cap=5, lease=60, claim_due=60)
+    assert [iid for iid, _ in claimed] == ["i1"]
+
+
+def test_claim_waits_while_the_batch_is_not_running(store: Store) -> None:
+    store.register("a", {}, items(2), start=False)
+    assert store.claim("a", cap=5, lease=60, claim_due=60) == []
+    store.set_batch("a", state=keys.BATCH_RUNNING)
+    assert len(store.claim("a", cap=5, lease=60, claim_due=60)) == 2
+
+
+def test_transition_checks_state_and_guard(store: Store) -> None:
+    store.register("a", {}, items(1))
+    [(iid, token)] = store.claim("a", cap=5, lease=60, claim_due=60)
+    assert store.transition("a", iid, expect=(keys.CLAIMED,), guard=("token", "nope"),
+                            to=keys.SUBMITTING) == (False, keys.CLAIMED)
+    assert store.transition("a", iid, expect=(keys.PENDING,), to=keys.SUBMITTING) == (
+        False, keys.CLAIMED)
+    assert store.transition("a", iid, expect=(keys.CLAIMED,), guard=("token", token),
+                            to=keys.SUBMITTING, values={"+attempts": 1}) == (True, keys.CLAIMED)
+    assert store.item("a", iid)["attempts"] == "1"  # type: ignore[index]
+
+
+def test_counts_follow_public_states(store: Store) -> None:
+    store.register("a", {}, items(1))
+    [(iid, _)] = store.claim("a", cap=5, lease=60, claim_due=60)
+    for state in (keys.SUBMITTING, keys.SUBMITTED, keys.RUNNING, keys.FETCHING, keys.COMPLETED):
+        store.transition("a", iid, expect=(store.item("a", iid)["state"],), to=state)  # type: ignore[index]
+    counts = store.counts("a")
+    assert counts["completed"] == 1 and sum(counts.values()) == 1
+    assert store.is_finished("a")
+
+
+def test_due_and_inflight_entries_are_set_and_removed(store: Store, clock: Clock) -> None:
+    store.register("a", {}, items(1))
+    [(iid, _)] = store.claim("a", cap=5, lease=60, claim_due=30)
+    assert store.overdue(clock.now + 31) == [("a", iid)]
+    store.transition("a", iid, expect=(keys.CLAIMED,), to=keys.FAILED, due=REMOVE,
+                     inflight=REMOVE)
+    assert store.overdue(clock.now + 1000) == []
+    assert store.in_flight() == 0
+
+
+def test_begin_step_counts_deliveries_of_the_same_step(store: Store) -> None:
+    store.register("a", {}, items(1))
+    store.transition("a", "i0", expect=(keys.PENDING,), to=keys.SUBMITTED, values={"seq": 3})
+    assert store.begin_step("a", "i0", expect=(keys.SUBMITTED,), guard=("seq", "3"))[2] == 1
+    assert store.begin_step("a", "i0", expect=(keys.SUBMITTED,), guard=("seq", "3"))[2] == 2
+    assert store.begin_step("a", "i0", expect=(keys.SUBMITTED,), guard=("seq", "2"))[0] is False
+
+
+def test_submit_rate_is_shared_and_cooldown_holds_everyone(store: Store, clock: Clock) -> None:
+    waits = [store.acquire_submit(rate=2.0, burst=2.0) for _ in range(3)]
+    assert waits[:2] == [0.0, 0.0] and waits[2] == pytest.approx(0.5)
+    clock.now += 1
+    assert store.acquire_submit(rate=2.0, burst=2.0) == 0.0
+    store.cool_down(5)
+    assert store.acquire_submit(rate=2.0, burst=2.0) == pytest.approx(5.0)

@@ -1,0 +1,238 @@
+"""The pipeline's steps as plain functions: fakeredis, the fake API, a memory bucket.
+
+Nudges are recorded by `RecordingPublisher` and run by `drive()` in order (countdowns are
+ignored, the clock is moved by hand), so every path through submit, poll and fetch is tested
+without Celery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import fakeredis
+import httpx
+import pytest
+
+from runcomfy.fake import FakeRunComfy
+from worker import fetching, keys, polling, reconciler, submission
+from worker.bucket import MemoryBucket
+from worker.runtime import Limits, RecordingPublisher, Runtime
+from worker.state import NewItem, Store
+
+MODEL = "bytedance/dreamina-4-0/text-to-image"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 10_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Harness:
+    """A runtime over fakes, plus helpers to register items and run recorded nudges."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.clock = Clock()
+        self.api = FakeRunComfy()
+        self.bucket = MemoryBucket()
+        self.publisher = RecordingPublisher()
+        self.store = Store(fakeredis.FakeRedis(), clock=self.clock)
+        self.rt = Runtime(store=self.store, client=self.api.client(),
+                          buckets=lambda _url: self.bucket, publisher=self.publisher,
+                          limits=limits or Limits(max_in_flight=8, submit_rate=1000),
+                          clock=self.clock)
+
+    def register(self, n: int, bid: str = "b") -> list[str]:
+        specs = [NewItem(f"i{k}", "in.jsonl", k + 1, MODEL, {"prompt": f"p{k}"})
+                 for k in range(n)]
+        self.store.register(bid, {"name": bid, "bucket_url": "memory://test"}, specs)
+        submission.dispatch(self.rt)
+        return [s.item_id for s in specs]
+
+    def step(self) -> tuple[str, tuple[Any, ...]]:
+        kind, args, countdown = self.publisher.sent.pop(0)
+        self.clock.now += countdown  # time passes as the nudge waits
+        runner = {"submit": submission.submit, "poll": polling.poll, "fetch": fetching.fetch}
+        if kind in runner:
+            runner[kind](self.rt, *args)  # type: ignore[operator]
+        return kind, args
+
+    def drive(self, limit: int = 500) -> None:
+        for _ in range(limit):
+            if not self.publisher.sent:
+                return
+            self.step()
+        raise AssertionError("the pipeline did not settle")
+
+    def state(self, iid: str, bid: str = "b") -> str:
+        return self.store.item(bid, iid)["state"]  # type: ignore[index]
+
+    def error(self, iid: str, bid: str = "b") -> dict[str, str]:
+        return json.loads(self.store.item(bid, iid)["error"])  # type: ignore[index]
+
+
+@pytest.fixture
+def h() -> Harness:
+    return Harness()
+
+
+def test_items_complete_with_outputs_matching_their_sha256(h: Harness) -> None:
+    ids = h.register(3)
+    h.drive()
+    assert [h.state(i) for i in ids] == [keys.COMPLETED] * 3
+    for iid in ids:
+        outputs = json.loads(h.store.item("b", iid)["outputs"])  # type: ignore[index]
+        assert outputs and outputs[0]["key"] == f"b/{iid}/0.png"
+        data = h.bucket.get_bytes(outputs[0]["key"])
+        assert hashlib.sha256(data).hexdigest() == outputs[0]["sha256"]
+        assert len(data) == outputs[0]["bytes"]
+    assert len(h.api.calls("submit")) == 3
+    assert h.store.is_finished("b") and h.store.in_flight() == 0
+
+
+def test_a_duplicated_poll_exits_without_rescheduling(h: Harness) -> None:
+    [_iid] = h.register(1)
+    h.step()  # submit
+    [(kind, args, _)] = h.publisher.sent
+    assert kind == "poll"
+    h.step()
+    polls_before = len(h.api.calls("result"))
+    polling.poll(h.rt, *args)  # the same message delivered again
+    assert len(h.api.calls("result")) == polls_before
+    assert [k for k, _, _ in h.publisher.sent] == ["poll"]
+
+
+def test_a_submit_redelivered_after_a_crash_becomes_uncertain(h: Harness) -> None:
+    [iid] = h.register(1)
+    [(_, _args, _)] = h.publisher.sent
+    # The worker marked the item `submitting` and died during the HTTP call.
+    h.store.transition("b", iid, expect=(keys.CLAIMED,), to=keys.SUBMITTING)
+    h.drive()
+    assert h.state(iid) == keys.SUBMIT_UNCERTAIN
+    assert h.api.calls("submit") == []
+
+
+def test_a_lost_submit_answer_is_never_resent(h: Harness) -> None:
+    [iid] = h.register(1)
+    h.api.fail_next("submit", exc=httpx.ReadTimeout("lost"), after_processing=True)
+    h.drive()
+    assert h.state(iid) == keys.SUBMIT_UNCERTAIN
+    assert h.error(iid)["kind"] == "submit_uncertain"
+    assert len(h.api.jobs) == 1 and len(h.api.calls("submit")) == 1
+
+
+def test_a_429_cools_everyone_down_and_the_item_is_sent_once(h: Harness) -> None:
+    [iid] = h.register(1)
+    h.api.fail_next("submit", status=429, headers={"Retry-After": "7"})
+    h.step()
+    assert h.store.acquire_submit(1000) == pytest.approx(7.0, abs=0.01)
+    h.drive()
+    assert h.state(iid) == keys.COMPLETED
+    assert len(h.api.jobs) == 1
+
+
+def test_a_refused_connection_is_retried_then_succeeds(h: Harness) -> None:
+    [iid] = h.register(1)
+    h.api.fail_next("submit", times=2, exc=httpx.ConnectError("refused"))
+    h.drive()
+    assert h.state(iid) == keys.COMPLETED
+    assert len(h.api.jobs) == 1
+
+
+def test_a_rejected_body_fails_at_once_with_the_api_message(h: Harness) -> None:
+    [iid] = h.register(1)
+    h.api.fail_next("submit", status=422, body={"error_message": "prompt: too long"})
+    h.drive()
+    assert h.state(iid) == keys.FAILED
+    assert h.error(iid) == {"kind": "api_rejected", "message": "prompt: too long"}
+
+
+def test_a_refused_token_pauses_the_batch_instead_of_burning_items(h: Harness) -> None:
+    ids = h.register(3)
+    h.api.fail_next("submit", times=10, status=401, body={"error_message": "bad token"})
+    h.drive()
+    assert h.store.batch("b")["state"] == keys.BATCH_PAUSED  # type: ignore[index]
+    assert [h.state(i) for i in ids] == [keys.PENDING] * 3
+    assert len(h.api.calls("submit")) == 1
+
+
+def test_a_failed_job_fails_the_item_with_the_api_error(h: Harness) -> None:
+    h.api.error_for = lambda model, body: {"message": "content refused"}
+    [iid] = h.register(1)
+    h.drive()
+    assert h.state(iid) == keys.FAILED
+    assert h.error(iid)["kind"] == "job_failed"
+    assert "content refused" in h.error(iid)["message"]
+
+
+def test_an_output_that_stays_gone_fails_as_output_lost(h: Harness) -> None:
+    [iid] = h.register(1)
+    h.api.fail_next("download", times=50, status=404)
+    h.drive()
+    assert h.state(iid) == keys.FAILED
+    assert h.error(iid)["kind"] == "output_lost"
+    assert h.bucket.list_keys("b/") == []
+
+
+def test_a_broken_download_is_retried(h: Harness) -> None:
+    [iid] = h.register(1)
+    h.api.fail_next("download", times=2, status=503)
+    h.drive()
+    assert h.state(iid) == keys.COMPLETED
+
+
+def test_the_reconciler_redrives_a_lost_poll(h: Harness) -> None:
+    [iid] = h.register(1)
+    h.step()  # submit; its poll nudge is lost
+    h.publisher.sent.clear()
+    assert reconciler.reconcile(h.rt) == 0  # nothing overdue yet
+    h.clock.now += 1000
+    assert reconciler.reconcile(h.rt) == 1
+    h.drive()
+    assert h.state(iid) == keys.COMPLETED
+
+
+def test_the_reconciler_makes_a_stuck_submission_uncertain(h: Harness) -> None:
+    [iid] = h.register(1)
+    h.store.transition("b", iid, expect=(keys.CLAIMED,), to=keys.SUBMITTING,
+                       due=h.clock.now + 5)
+    h.publisher.sent.clear()
+    h.clock.now += 10
+    reconciler.reconcile(h.rt)
+    assert h.state(iid) == keys.SUBMIT_UNCERTAIN
+    assert h.api.calls("submit") == []
+
+
+def test_a_step_that_keeps_crashing_its_worker_fails_as_worker_lost(h: Harness) -> None:
+    [iid] = h.register(1)
+    h.step()  # submitted; a poll is due
+    [(_, args, _)] = h.publisher.sent
+    for _ in range(h.rt.limits.max_deliveries):
+        h.store.begin_step("b", iid, expect=(keys.SUBMITTED,), guard=("seq", str(args[2])))
+    polling.poll(h.rt, *args)
+    assert h.state(iid) == keys.FAILED
+    assert h.error(iid)["kind"] == "worker_lost"
+
+
+def test_the_in_flight_cap_holds_back_submissions() -> None:
+    h = Harness(Limits(max_in_flight=2, submit_rate=1000))
+    h.register(5)
+    assert len(h.publisher.sent) == 2
+    h.drive()
+    counts = h.store.counts("b")
+    assert counts["completed"] == 5
+    assert len(h.api.calls("submit")) == 5
+
+
+def test_a_cancelled_batch_submits_nothing_more(h: Harness) -> None:
+    from worker.operations import cancel_batch
+
+    ids = h.register(3)
+    cancel_batch(h.store, "b")
+    h.drive()
+    assert [h.state(i) for i in ids] == [keys.CANCELLED] * 3
+    assert h.api.calls("submit") == []

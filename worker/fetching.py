@@ -1,0 +1,109 @@
+"""Streaming a finished job's outputs into the bucket, one output at a time.
+
+Each stored output is recorded at once, so a fetch that is interrupted (a crash, a broken
+download) resumes with the outputs still missing. The bucket never shows a partial object
+under a final key (worker/bucket.py), and size and sha256 are computed on the way through.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+from typing import Any
+from urllib.parse import urlparse
+
+from rcbatch.errors import ItemFailed, OutputLost, RcbatchError, RetryLater
+from worker import keys
+from worker.bucket import object_key
+from worker.pacing import backoff
+from worker.runtime import Runtime
+
+_GONE_RETRIES = 3
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp",
+               "image/gif": "gif", "video/mp4": "mp4", "video/webm": "webm",
+               "video/quicktime": "mov"}
+
+
+def fetch(rt: Runtime, bid: str, iid: str, seq: int) -> None:
+    """Store every output of one item whose step is still `seq`, then complete it."""
+    guard = ("seq", str(seq))
+    ok, _, deliveries = rt.store.begin_step(bid, iid, expect=(keys.FETCHING,), guard=guard)
+    if not ok:
+        return
+    if deliveries > rt.limits.max_deliveries:
+        rt.finish(bid, iid, expect=(keys.FETCHING,), to=keys.FAILED, guard=guard, error={
+            "kind": "worker_lost", "message": f"storing outputs crashed a worker "
+                                              f"{deliveries - 1} times"})
+        return
+    item = rt.store.item(bid, iid) or {}
+    try:
+        stored = _store_all(rt, bid, iid, item, seq)
+    except RetryLater as exc:
+        _retry(rt, bid, iid, item, seq, exc, rt.limits.max_step_errors, exc.retry_after)
+    except OutputLost as exc:
+        # A CDN may answer 404 for a moment after the job ends: a few tries, then it is lost.
+        limit = 0 if exc.kind == "too_large" else _GONE_RETRIES
+        _retry(rt, bid, iid, item, seq, exc, limit, None)
+    except (ItemFailed, RcbatchError) as exc:
+        rt.finish(bid, iid, expect=(keys.FETCHING,), to=keys.FAILED, guard=guard,
+                  error={"kind": exc.kind, "message": exc.message})
+    else:
+        rt.finish(bid, iid, expect=(keys.FETCHING,), to=keys.COMPLETED, guard=guard,
+                  values={"outputs": json.dumps(stored)})
+
+
+def _store_all(rt: Runtime, bid: str, iid: str, item: dict[str, str],
+               seq: int) -> list[dict[str, Any]]:
+    urls = json.loads(item.get("output_urls") or "[]")
+    stored: list[dict[str, Any]] = json.loads(item.get("outputs") or "[]")
+    bucket = rt.bucket_for(bid)
+    for n, output in enumerate(urls):
+        if any(s.get("index") == n for s in stored):
+            continue
+        stored.append(rt.run(_store_one(rt, bucket, bid, iid, n, output["url"])))
+        rt.store.transition(bid, iid, expect=(keys.FETCHING,), guard=("seq", str(seq)),
+                            due=rt.clock() + rt.limits.step_grace,
+                            values={"outputs": json.dumps(stored)})
+    return sorted(stored, key=lambda s: s["index"])
+
+
+async def _store_one(rt: Runtime, bucket: Any, bid: str, iid: str, n: int,
+                     url: str) -> dict[str, Any]:
+    async with rt.client.download(url) as download:
+        content_type = (download.content_type or "application/octet-stream").split(";")[0]
+        key = object_key(bid, iid, f"{n}.{_extension(content_type, url)}")
+        obj = await bucket.put_stream(key, download.aiter_bytes(), content_type=content_type,
+                                      expected_size=download.content_length,
+                                      max_bytes=rt.limits.max_output_bytes)
+    return {"index": n, "key": obj.key, "bytes": obj.bytes, "sha256": obj.sha256,
+            "content_type": obj.content_type, "source_url": url, "url": obj.url}
+
+
+def _extension(content_type: str, url: str) -> str:
+    if content_type in _EXTENSIONS:
+        return _EXTENSIONS[content_type]
+    suffix = urlparse(url).path.rsplit(".", 1)[-1].lower()
+    if suffix.isalnum() and 0 < len(suffix) <= 5:
+        return suffix
+    guessed = mimetypes.guess_extension(content_type) or ".bin"
+    return guessed.lstrip(".")
+
+
+def _retry(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
+           exc: RcbatchError, limit: int, retry_after: float | None) -> None:
+    errors = int(item.get("step_errors", 0)) + 1
+    guard = ("seq", str(seq))
+    if errors > limit:
+        kind = exc.kind if exc.kind == "too_large" else "output_lost"
+        rt.finish(bid, iid, expect=(keys.FETCHING,), to=keys.FAILED, guard=guard,
+                  error={"kind": kind, "message": exc.message})
+        return
+    delay = backoff(errors, retry_after=retry_after)
+    now = rt.clock()
+    ok, _ = rt.store.transition(
+        bid, iid, expect=(keys.FETCHING,), guard=guard, due=now + delay + rt.limits.step_grace,
+        values={"seq": seq + 1, "deliveries": 0, "step_errors": errors,
+                "last_error": exc.as_record()})
+    if ok:
+        rt.item_log(bid, iid, item).warning("fetch_retry", kind=exc.kind, delay=round(delay, 2))
+        rt.publisher.fetch(bid, iid, seq + 1, countdown=delay)

@@ -1,0 +1,105 @@
+"""Redis key names, item states and how internal states show to users.
+
+Every key rcbatch writes is named here, so a newcomer can list what lives in Redis:
+
+    rcb:batch:{bid}            HASH  the batch record (name, state, total, bucket_url, ...)
+    rcb:batch:{bid}:order      LIST  item ids in input order (the manifest's order)
+    rcb:batch:{bid}:pending    LIST  item ids waiting for a submission slot
+    rcb:batch:{bid}:counts     HASH  public state -> number of items
+    rcb:item:{bid}:{iid}       HASH  one item (see worker/state.py for its fields)
+    rcb:active                 ZSET  batches that are not finished, by creation time
+    rcb:batches                ZSET  every batch, by creation time
+    rcb:names                  HASH  batch name -> batch id (so a name resumes its batch)
+    rcb:due                    ZSET  "{bid}/{iid}" -> time by which its next step is overdue
+    rcb:inflight               ZSET  "{bid}/{iid}" -> lease expiry of its in-flight slot
+    rcb:rate                   HASH  the shared submit token bucket
+    rcb:cooldown               STR   submissions wait until this time (after a 429)
+    rcb:durations:{model}      LIST  recent remote job durations, for poll pacing
+    rcb:tokens                 STR   counter for dispatch tokens
+"""
+
+from __future__ import annotations
+
+PREFIX = "rcb"
+ACTIVE = f"{PREFIX}:active"
+BATCHES = f"{PREFIX}:batches"
+NAMES = f"{PREFIX}:names"
+DUE = f"{PREFIX}:due"
+INFLIGHT = f"{PREFIX}:inflight"
+RATE = f"{PREFIX}:rate"
+COOLDOWN = f"{PREFIX}:cooldown"
+TOKENS = f"{PREFIX}:tokens"
+
+# Internal item states, in the order an item moves through them.
+PENDING = "pending"            # waiting for a slot
+CLAIMED = "claimed"            # holds a slot; a submit task is on its way
+SUBMITTING = "submitting"      # the submit HTTP call may be under way (attempt id written)
+SUBMITTED = "submitted"        # the API accepted it: request_id known, job queued remotely
+RUNNING = "running"            # the remote job is in progress
+FETCHING = "fetching"          # the remote job succeeded; outputs are being stored
+COMPLETED = "completed"
+FAILED = "failed"
+CANCELLED = "cancelled"
+SUBMIT_UNCERTAIN = "submit_uncertain"
+
+TERMINAL = (COMPLETED, FAILED, CANCELLED, SUBMIT_UNCERTAIN)
+IN_FLIGHT = (SUBMITTED, RUNNING, FETCHING)
+
+# What `rcbatch status` shows for each internal state (CONTRACT.md's seven counts).
+PUBLIC_STATE = {
+    PENDING: "pending", CLAIMED: "pending", SUBMITTING: "pending",
+    SUBMITTED: "submitted", RUNNING: "running", FETCHING: "running",
+    COMPLETED: "completed", FAILED: "failed", CANCELLED: "cancelled",
+    SUBMIT_UNCERTAIN: "submit_uncertain",
+}
+PUBLIC_STATES = ("pending", "submitted", "running", "completed", "failed", "cancelled",
+                 "submit_uncertain")
+PUBLIC_TERMINAL = ("completed", "failed", "cancelled", "submit_uncertain")
+
+# Batch states.
+BATCH_SCHEDULED = "scheduled"
+BATCH_RUNNING = "running"
+BATCH_PAUSED = "paused"
+BATCH_CANCELLED = "cancelled"
+BATCH_FINISHED = "finished"
+
+
+def batch(bid: str) -> str:
+    """The batch record's key."""
+    return f"{PREFIX}:batch:{bid}"
+
+
+def order(bid: str) -> str:
+    """The list of a batch's item ids in input order."""
+    return f"{PREFIX}:batch:{bid}:order"
+
+
+def pending(bid: str) -> str:
+    """The list of a batch's items waiting for a slot."""
+    return f"{PREFIX}:batch:{bid}:pending"
+
+
+def counts(bid: str) -> str:
+    """The hash of a batch's counts per public state."""
+    return f"{PREFIX}:batch:{bid}:counts"
+
+
+def item(bid: str, iid: str) -> str:
+    """One item's record."""
+    return f"{PREFIX}:item:{bid}:{iid}"
+
+
+def member(bid: str, iid: str) -> str:
+    """How an item is named inside the shared sorted sets (due, inflight)."""
+    return f"{bid}/{iid}"
+
+
+def split_member(value: str) -> tuple[str, str]:
+    """The (batch id, item id) of a sorted-set member."""
+    bid, _, iid = value.partition("/")
+    return bid, iid
+
+
+def durations(model: str) -> str:
+    """Recent durations of a model's remote jobs."""
+    return f"{PREFIX}:durations:{model}"

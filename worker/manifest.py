@@ -1,0 +1,112 @@
+"""The manifest: one line per input item mapping it to its outputs, in the batch's folder.
+
+`manifest.jsonl` follows CONTRACT.md (item_id, line, model, input, status, request_id,
+attempts, outputs, error, submitted_at, finished_at, plus cost and history when known);
+`manifest.csv` carries the same for spreadsheet users. Both are rewritten whole (streamed,
+never built in memory) by a debounced task while the batch runs and once more when it ends.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from worker import keys
+from worker.bucket import Bucket, StoredObject, object_key
+from worker.state import Store
+
+CSV_COLUMNS = ("item_id", "file", "line", "model", "status", "request_id", "attempts",
+               "outputs", "sha256", "bytes", "error_kind", "error_message", "submitted_at",
+               "finished_at", "cost", "input")
+_OUTPUT_FIELDS = ("key", "bytes", "sha256", "content_type", "source_url")
+
+
+def manifest_line(record: Mapping[str, str]) -> dict[str, Any]:
+    """The manifest entry of one item record."""
+    outputs = json.loads(record.get("outputs") or "[]")
+    line: dict[str, Any] = {
+        "item_id": record["id"],
+        "line": f"{record.get('file', '')}:{record.get('line', '')}",
+        "model": record.get("model"),
+        "input": json.loads(record.get("input") or "{}"),
+        "status": keys.PUBLIC_STATE.get(record.get("state", ""), record.get("state")),
+        "request_id": record.get("request_id") or None,
+        "attempts": int(record.get("attempts") or 0),
+        "outputs": [{k: o.get(k) for k in _OUTPUT_FIELDS} for o in outputs],
+        "error": json.loads(record["error"]) if record.get("error") else None,
+        "submitted_at": _iso(record.get("submitted_at")),
+        "finished_at": _iso(record.get("finished_at")),
+    }
+    if record.get("cost"):
+        line["cost"] = float(record["cost"])
+    if record.get("history"):
+        line["history"] = json.loads(record["history"])
+    if record.get("sweep"):
+        line["sweep"] = json.loads(record["sweep"])
+    return line
+
+
+def csv_row(line: Mapping[str, Any]) -> list[str]:
+    """The manifest.csv row of one manifest entry."""
+    file, _, number = str(line["line"]).rpartition(":")
+    outputs = line["outputs"]
+    error = line["error"] or {}
+    return [line["item_id"], file, number, line["model"] or "", line["status"] or "",
+            line["request_id"] or "", str(line["attempts"]),
+            "|".join(o["key"] for o in outputs), "|".join(o["sha256"] for o in outputs),
+            "|".join(str(o["bytes"]) for o in outputs), error.get("kind", ""),
+            error.get("message", ""), line["submitted_at"] or "", line["finished_at"] or "",
+            str(line.get("cost", "")), json.dumps(line["input"], ensure_ascii=False)]
+
+
+def manifest_keys(bid: str) -> tuple[str, str]:
+    """Bucket keys of a batch's manifest.jsonl and manifest.csv."""
+    return object_key(bid, "manifest.jsonl"), object_key(bid, "manifest.csv")
+
+
+async def write_manifest(store: Store, bucket: Bucket, bid: str) -> StoredObject:
+    """Rewrite both manifest files of a batch; returns the JSONL object."""
+    jsonl_key, csv_key = manifest_keys(bid)
+    stored = await bucket.put_stream(jsonl_key, _aiter(_jsonl_chunks(store.iter_items(bid))),
+                                     content_type="application/x-ndjson")
+    await bucket.put_stream(csv_key, _aiter(_csv_chunks(store.iter_items(bid))),
+                            content_type="text/csv")
+    return stored
+
+
+def _jsonl_chunks(records: Iterable[Mapping[str, str]]) -> Iterator[bytes]:
+    buffer = io.StringIO()
+    for record in records:
+        buffer.write(json.dumps(manifest_line(record), ensure_ascii=False) + "\n")
+        if buffer.tell() > 1 << 20:
+            yield buffer.getvalue().encode()
+            buffer = io.StringIO()
+    yield buffer.getvalue().encode()
+
+
+def _csv_chunks(records: Iterable[Mapping[str, str]]) -> Iterator[bytes]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for record in records:
+        writer.writerow(csv_row(manifest_line(record)))
+        if buffer.tell() > 1 << 20:
+            yield buffer.getvalue().encode()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue().encode()
+
+
+async def _aiter(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+def _iso(value: str | None) -> str | None:
+    if not value:
+        return None
+    return datetime.fromtimestamp(float(value), tz=UTC).isoformat(timespec="milliseconds")

@@ -1,0 +1,151 @@
+"""What every step of the pipeline needs, gathered in one object built once per process.
+
+Steps (worker/submission.py, polling.py, fetching.py, reconciler.py) are plain functions of a
+`Runtime`; the Celery tasks (worker/tasks.py) only build the runtime and call them. Tests build
+a runtime from fakes: fakeredis, `runcomfy.fake.FakeRunComfy`, `MemoryBucket` and
+`RecordingPublisher`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import structlog
+
+from runcomfy.client import RunComfyClient
+from worker import keys
+from worker.bucket import Bucket
+from worker.pacing import Pacer
+from worker.state import REMOVE, Store
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The knobs of the pipeline; defaults are explained where they matter."""
+
+    max_in_flight: int = 32
+    submit_rate: float = 20.0
+    #: an in-flight slot's lease; refreshed by every poll, so a lost item's slot comes back
+    slot_lease: float = 600.0
+    #: how long a claimed item may wait for its submit task before the reconciler re-sends it
+    claim_due: float = 120.0
+    #: how long a submit call may take before a crashed submit counts as uncertain
+    submit_due: float = 180.0
+    #: slack after a poll's or fetch's countdown before the reconciler re-drives it
+    step_grace: float = 90.0
+    #: starts of the same step (crashes) before the item fails with kind worker_lost
+    max_deliveries: int = 4
+    #: transient failures of one step before the item fails
+    max_step_errors: int = 8
+    max_output_bytes: int = 2 * 1024**3
+
+
+class Publisher(Protocol):
+    """Sends the nudges that make the next step run (Celery in production)."""
+
+    def submit(self, bid: str, iid: str, token: str, countdown: float = 0) -> None:
+        """Ask a worker to submit a claimed item."""
+
+    def poll(self, bid: str, iid: str, seq: int, countdown: float = 0) -> None:
+        """Ask a worker to poll an item's remote job."""
+
+    def fetch(self, bid: str, iid: str, seq: int, countdown: float = 0) -> None:
+        """Ask a worker to store an item's outputs."""
+
+    def manifest(self, bid: str, countdown: float = 0) -> None:
+        """Ask a worker to rewrite a batch's manifest."""
+
+
+@dataclass
+class RecordingPublisher:
+    """A `Publisher` that only records what it was asked to send (for tests)."""
+
+    sent: list[tuple[str, tuple[Any, ...], float]] = field(default_factory=list)
+
+    def submit(self, bid: str, iid: str, token: str, countdown: float = 0) -> None:
+        """Record a submit nudge."""
+        self.sent.append(("submit", (bid, iid, token), countdown))
+
+    def poll(self, bid: str, iid: str, seq: int, countdown: float = 0) -> None:
+        """Record a poll nudge."""
+        self.sent.append(("poll", (bid, iid, seq), countdown))
+
+    def fetch(self, bid: str, iid: str, seq: int, countdown: float = 0) -> None:
+        """Record a fetch nudge."""
+        self.sent.append(("fetch", (bid, iid, seq), countdown))
+
+    def manifest(self, bid: str, countdown: float = 0) -> None:
+        """Record a manifest nudge."""
+        self.sent.append(("manifest", (bid,), countdown))
+
+    def take(self, kind: str | None = None) -> list[tuple[str, tuple[Any, ...], float]]:
+        """Remove and return the recorded nudges (of one kind, or all)."""
+        taken = [s for s in self.sent if kind is None or s[0] == kind]
+        self.sent = [s for s in self.sent if s not in taken]
+        return taken
+
+
+@dataclass
+class Runtime:
+    """Everything a step needs: state, the API, buckets, the publisher and the clock."""
+
+    store: Store
+    client: RunComfyClient
+    buckets: Callable[[str], Bucket]
+    publisher: Publisher
+    limits: Limits = field(default_factory=Limits)
+    pacer: Pacer | None = None
+    clock: Callable[[], float] = time.time
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
+    log: Any = field(default_factory=lambda: structlog.get_logger("rcbatch.worker"))
+
+    def __post_init__(self) -> None:
+        if self.pacer is None:
+            self.pacer = Pacer(self.store.recent_durations)
+
+    def run(self, awaitable: Awaitable[T]) -> T:
+        """Run a coroutine on this process's own event loop (one task at a time)."""
+        return self.loop.run_until_complete(awaitable)
+
+    def bucket_for(self, bid: str) -> Bucket:
+        """The bucket a batch stores into."""
+        record = self.store.batch(bid) or {}
+        return self.buckets(record.get("bucket_url", ""))
+
+    def item_log(self, bid: str, iid: str, item: dict[str, str] | None = None) -> Any:
+        """A logger bound to one item (and its request id when known)."""
+        bound = self.log.bind(batch_id=bid, item_id=iid)
+        if item and item.get("request_id"):
+            bound = bound.bind(request_id=item["request_id"])
+        return bound
+
+    def finish(self, bid: str, iid: str, *, expect: tuple[str, ...], to: str,
+               guard: tuple[str, str] | None = None, error: dict[str, str] | None = None,
+               values: dict[str, Any] | None = None) -> bool:
+        """Move an item to a terminal state, free its slot, and nudge what follows."""
+        fields: dict[str, Any] = {"finished_at": self.clock(), **(values or {})}
+        if error is not None:
+            fields["error"] = json.dumps(error)
+        ok, _ = self.store.transition(bid, iid, expect=expect, to=to, guard=guard, due=REMOVE,
+                                      inflight=REMOVE, values=fields)
+        if ok:
+            self.item_log(bid, iid).info("item_" + to, state=to, error=error)
+            self.after_terminal(bid)
+        return ok
+
+    def after_terminal(self, bid: str) -> None:
+        """An item ended: schedule a manifest refresh (debounced) and fill freed slots."""
+        from worker.submission import dispatch  # late: submission imports this module
+
+        flag = f"{keys.batch(bid)}:manifest_pending"
+        finished = self.store.is_finished(bid)
+        if finished or self.store.redis.set(flag, "1", nx=True, ex=30):
+            self.publisher.manifest(bid, countdown=0 if finished else 5)
+        dispatch(self)

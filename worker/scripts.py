@@ -1,0 +1,105 @@
+"""The Lua scripts behind every state change, so each change is one atomic step in Redis.
+
+A Celery message is only a nudge: what a task may do is decided here, against the item's
+record, so a duplicated, stale or lost message can never move an item twice or lose it.
+"""
+
+from __future__ import annotations
+
+# Public state of each internal state; must match worker/keys.py PUBLIC_STATE.
+_PUBLIC = """
+local PUBLIC = {pending='pending', claimed='pending', submitting='pending',
+  submitted='submitted', running='running', fetching='running', completed='completed',
+  failed='failed', cancelled='cancelled', submit_uncertain='submit_uncertain'}
+"""
+
+# KEYS: item, counts, due, inflight
+# ARGV: member, allowed states (space separated), guard field ('' = none), guard value,
+#       new state ('' = keep), due ('' keep, '-' remove, else score),
+#       inflight ('' keep, '-' release, else lease expiry score), then field/value pairs;
+#       a value of '\0' deletes the field, a field starting with '+' is incremented.
+TRANSITION = _PUBLIC + """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {0, ''} end
+local allowed = false
+for s in string.gmatch(ARGV[2], '%S+') do if s == cur then allowed = true end end
+if not allowed then return {0, cur} end
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], ARGV[3]) ~= ARGV[4] then return {0, cur} end
+local new = ARGV[5]
+if new ~= '' and new ~= cur then
+  redis.call('HSET', KEYS[1], 'state', new)
+  if PUBLIC[cur] ~= PUBLIC[new] then
+    redis.call('HINCRBY', KEYS[2], PUBLIC[cur], -1)
+    redis.call('HINCRBY', KEYS[2], PUBLIC[new], 1)
+  end
+end
+for i = 8, #ARGV, 2 do
+  local f, v = ARGV[i], ARGV[i + 1]
+  if string.sub(f, 1, 1) == '+' then
+    redis.call('HINCRBY', KEYS[1], string.sub(f, 2), v)
+  elseif v == '\\0' then
+    redis.call('HDEL', KEYS[1], f)
+  else
+    redis.call('HSET', KEYS[1], f, v)
+  end
+end
+if ARGV[6] == '-' then redis.call('ZREM', KEYS[3], ARGV[1])
+elseif ARGV[6] ~= '' then redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1]) end
+if ARGV[7] == '-' then redis.call('ZREM', KEYS[4], ARGV[1])
+elseif ARGV[7] ~= '' then redis.call('ZADD', KEYS[4], ARGV[7], ARGV[1]) end
+return {1, cur}
+"""
+
+# A task starting its step: counts deliveries of the same step so a crash loop ends.
+# KEYS: item   ARGV: allowed states, guard field ('' none), guard value
+BEGIN_STEP = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {0, '', 0} end
+local allowed = false
+for s in string.gmatch(ARGV[1], '%S+') do if s == cur then allowed = true end end
+if not allowed then return {0, cur, 0} end
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], ARGV[2]) ~= ARGV[3] then return {0, cur, 0} end
+local n = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
+return {1, cur, n}
+"""
+
+# Take pending items of one batch while in-flight slots are free.
+# KEYS: batch, pending, inflight, due, counts, tokens
+# ARGV: now, cap, lease expiry, claim due, max claims, batch id
+CLAIM = _PUBLIC + """
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return {} end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])
+local cap, limit = tonumber(ARGV[2]), tonumber(ARGV[5])
+local out = {}
+while #out < limit * 2 and redis.call('ZCARD', KEYS[3]) < cap do
+  local iid = redis.call('LPOP', KEYS[2])
+  if not iid then break end
+  local ikey = 'rcb:item:' .. ARGV[6] .. ':' .. iid
+  if redis.call('HGET', ikey, 'state') == 'pending' then
+    local token = tostring(redis.call('INCR', KEYS[6]))
+    redis.call('HSET', ikey, 'state', 'claimed', 'token', token, 'deliveries', 0)
+    local m = ARGV[6] .. '/' .. iid
+    redis.call('ZADD', KEYS[3], ARGV[3], m)
+    redis.call('ZADD', KEYS[4], ARGV[4], m)
+    table.insert(out, iid)
+    table.insert(out, token)
+  end
+end
+return out
+"""
+
+# A token bucket shared by every worker; answers how long to wait (0: go now).
+# KEYS: bucket, cooldown   ARGV: now, rate per second, burst
+RATE_ACQUIRE = """
+local now, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local until_ = tonumber(redis.call('GET', KEYS[2]) or '0')
+if until_ > now then return tostring(until_ - now) end
+local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens') or ARGV[3])
+local ts = tonumber(redis.call('HGET', KEYS[1], 'ts') or ARGV[1])
+tokens = math.min(burst, tokens + (now - ts) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('EXPIRE', KEYS[1], 3600)
+return tostring(wait)
+"""

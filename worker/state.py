@@ -1,0 +1,285 @@
+"""Batch and item records in Redis, the source of truth, changed only by atomic transitions.
+
+An item's record (``rcb:item:{bid}:{iid}``) holds:
+
+    id, file, line, model, input (JSON body sent), state (worker/keys.py), token (dispatch),
+    attempt_id, attempts, request_id, seq (poll/fetch step), deliveries (starts of the current
+    step), output_urls (JSON), outputs (JSON), error (JSON), submitted_at, started_at,
+    finished_at, history (JSON list of earlier attempts' errors), cost
+
+Every change goes through `Store.transition` (one Lua script, worker/scripts.py): it checks
+the state the caller expects, and optionally a guard field (the dispatch token or the step
+sequence), before it writes anything; a caller whose expectation no longer holds is a stale
+or duplicated message and must simply stop.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from worker import keys, scripts
+
+KEEP = ""
+REMOVE = "-"
+DELETE_FIELD = "\0"
+_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """What the producer registers for one item."""
+
+    item_id: str
+    file: str
+    line: int
+    model: str
+    input: Mapping[str, Any]
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """The outcome of registering a batch: its id and how many items were new."""
+
+    batch_id: str
+    added: int
+    existing: int
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _decode(raw: Mapping[Any, Any]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
+class Store:
+    """Reads and changes batch and item records in one Redis database."""
+
+    def __init__(self, client: redis.Redis, *, clock: Callable[[], float] = time.time) -> None:
+        self.redis = client
+        self.clock = clock
+        self._transition = client.register_script(scripts.TRANSITION)
+        self._begin = client.register_script(scripts.BEGIN_STEP)
+        self._claim = client.register_script(scripts.CLAIM)
+        self._rate = client.register_script(scripts.RATE_ACQUIRE)
+
+    # --- batches -------------------------------------------------------------------------
+
+    def batch_id_for_name(self, name: str) -> str | None:
+        """The id of the batch registered under `name`, if any."""
+        value = self.redis.hget(keys.NAMES, name)
+        return _text(value) if value is not None else None
+
+    def register(self, bid: str, record: Mapping[str, str], items: Iterable[NewItem],
+                 *, start: bool = True) -> Registration:
+        """Create or extend a batch; items already known keep their state (resume)."""
+        now = self.clock()
+        is_new = not self.redis.exists(keys.batch(bid))
+        if is_new:
+            state = keys.BATCH_RUNNING if start else keys.BATCH_SCHEDULED
+            self.redis.hset(keys.batch(bid), mapping={
+                **record, "id": bid, "state": state, "created_at": str(now), "total": "0"})
+            self.redis.zadd(keys.BATCHES, {bid: now})
+            if record.get("name"):
+                self.redis.hset(keys.NAMES, record["name"], bid)
+        added = existing = 0
+        for chunk in _chunks(items, _CHUNK):
+            new = self._add_items(bid, chunk, now)
+            added += new
+            existing += len(chunk) - new
+        if added:
+            self.redis.zadd(keys.ACTIVE, {bid: now})
+            self.redis.hset(keys.batch(bid), "finished_at", "")
+        return Registration(bid, added, existing)
+
+    def _add_items(self, bid: str, chunk: Sequence[NewItem], now: float) -> int:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for spec in chunk:
+                pipe.exists(keys.item(bid, spec.item_id))
+            present = pipe.execute()
+        fresh = [s for s, there in zip(chunk, present, strict=True) if not there]
+        if not fresh:
+            return 0
+        with self.redis.pipeline(transaction=True) as pipe:
+            for spec in fresh:
+                pipe.hset(keys.item(bid, spec.item_id), mapping=_item_record(spec, now))
+            ids = [s.item_id for s in fresh]
+            pipe.rpush(keys.order(bid), *ids)
+            pipe.rpush(keys.pending(bid), *ids)
+            pipe.hincrby(keys.counts(bid), "pending", len(fresh))
+            pipe.hincrby(keys.batch(bid), "total", len(fresh))
+            pipe.execute()
+        return len(fresh)
+
+    def batch(self, bid: str) -> dict[str, str] | None:
+        """The batch record, or None for an unknown id."""
+        raw = self.redis.hgetall(keys.batch(bid))
+        return _decode(raw) if raw else None
+
+    def set_batch(self, bid: str, **values: str) -> None:
+        """Set fields of a batch record."""
+        self.redis.hset(keys.batch(bid), mapping=values)
+
+    def counts(self, bid: str) -> dict[str, int]:
+        """Counts of items per public state (all seven present)."""
+        raw = _decode(self.redis.hgetall(keys.counts(bid)))
+        return {state: int(raw.get(state, 0)) for state in keys.PUBLIC_STATES}
+
+    def is_finished(self, bid: str) -> bool:
+        """True when every item of the batch is in a terminal state."""
+        counts = self.counts(bid)
+        total = int(self.redis.hget(keys.batch(bid), "total") or 0)
+        return sum(counts[s] for s in keys.PUBLIC_TERMINAL) >= total
+
+    def active_batches(self) -> list[str]:
+        """Batches not yet finished, oldest first."""
+        return [_text(b) for b in self.redis.zrange(keys.ACTIVE, 0, -1)]
+
+    def mark_inactive(self, bid: str) -> None:
+        """Take a finished batch off the active list."""
+        self.redis.zrem(keys.ACTIVE, bid)
+
+    def all_batches(self) -> list[str]:
+        """Every batch id, oldest first."""
+        return [_text(b) for b in self.redis.zrange(keys.BATCHES, 0, -1)]
+
+    # --- items ---------------------------------------------------------------------------
+
+    def item(self, bid: str, iid: str) -> dict[str, str] | None:
+        """One item's record, or None."""
+        raw = self.redis.hgetall(keys.item(bid, iid))
+        return _decode(raw) if raw else None
+
+    def item_ids(self, bid: str) -> list[str]:
+        """A batch's item ids in input order."""
+        return [_text(i) for i in self.redis.lrange(keys.order(bid), 0, -1)]
+
+    def iter_items(self, bid: str) -> Iterator[dict[str, str]]:
+        """Every item record of a batch, in input order, read in pipelined chunks."""
+        ids = self.item_ids(bid)
+        for start in range(0, len(ids), _CHUNK):
+            with self.redis.pipeline(transaction=False) as pipe:
+                for iid in ids[start:start + _CHUNK]:
+                    pipe.hgetall(keys.item(bid, iid))
+                for raw in pipe.execute():
+                    if raw:
+                        yield _decode(raw)
+
+    def transition(self, bid: str, iid: str, *, expect: Iterable[str], to: str = KEEP,
+                   guard: tuple[str, str] | None = None, due: float | str | None = None,
+                   inflight: float | str | None = None,
+                   values: Mapping[str, Any] | None = None) -> tuple[bool, str]:
+        """Atomically move an item if it is in one of `expect` (and `guard` holds).
+
+        `due` and `inflight` take a score, `REMOVE`, or None (leave as is). `values` are
+        written to the record (a key starting with "+" is incremented, a value of
+        `DELETE_FIELD` removes the field). Returns (changed, state before).
+        """
+        args: list[Any] = [
+            keys.member(bid, iid), " ".join(expect), guard[0] if guard else "",
+            guard[1] if guard else "", to, _score(due), _score(inflight)]
+        for name, value in (values or {}).items():
+            args += [name, _field_value(value)]
+        ok, before = self._transition(
+            keys=[keys.item(bid, iid), keys.counts(bid), keys.DUE, keys.INFLIGHT], args=args)
+        return bool(ok), _text(before)
+
+    def begin_step(self, bid: str, iid: str, *, expect: Iterable[str],
+                   guard: tuple[str, str] | None = None) -> tuple[bool, str, int]:
+        """Count a task starting its step; (allowed, state, deliveries of this step)."""
+        ok, state, n = self._begin(keys=[keys.item(bid, iid)], args=[
+            " ".join(expect), guard[0] if guard else "", guard[1] if guard else ""])
+        return bool(ok), _text(state), int(n)
+
+    def claim(self, bid: str, *, cap: int, lease: float, claim_due: float,
+              limit: int = 100) -> list[tuple[str, str]]:
+        """Move up to `limit` pending items to claimed while slots are free: [(iid, token)]."""
+        now = self.clock()
+        out = self._claim(
+            keys=[keys.batch(bid), keys.pending(bid), keys.INFLIGHT, keys.DUE,
+                  keys.counts(bid), keys.TOKENS],
+            args=[now, cap, now + lease, now + claim_due, limit, bid])
+        flat = [_text(x) for x in out]
+        return list(zip(flat[0::2], flat[1::2], strict=True))
+
+    def requeue(self, bid: str, iid: str, *, front: bool = True) -> None:
+        """Put an item back on its batch's pending list."""
+        push = self.redis.lpush if front else self.redis.rpush
+        push(keys.pending(bid), iid)
+
+    def overdue(self, now: float, limit: int = 500) -> list[tuple[str, str]]:
+        """Items whose next step should have happened by `now`: [(bid, iid)]."""
+        members = self.redis.zrangebyscore(keys.DUE, "-inf", now, start=0, num=limit)
+        return [keys.split_member(_text(m)) for m in members]
+
+    def in_flight(self) -> int:
+        """How many slots are held right now (expired leases excluded)."""
+        return int(self.redis.zcount(keys.INFLIGHT, self.clock(), "+inf"))
+
+    # --- shared limits and pacing --------------------------------------------------------
+
+    def acquire_submit(self, rate: float, burst: float | None = None) -> float:
+        """Take one submission from the shared token bucket; seconds to wait (0: go)."""
+        burst = burst if burst is not None else max(1.0, rate)
+        wait = self._rate(keys=[keys.RATE, keys.COOLDOWN], args=[self.clock(), rate, burst])
+        return float(wait)
+
+    def cool_down(self, seconds: float) -> None:
+        """Hold every worker's submissions for `seconds` (after a 429)."""
+        until = self.clock() + seconds
+        current = float(self.redis.get(keys.COOLDOWN) or 0)
+        if until > current:
+            self.redis.set(keys.COOLDOWN, str(until), ex=max(1, int(seconds) + 1))
+
+    def record_duration(self, model: str, seconds: float, keep: int = 200) -> None:
+        """Remember how long a remote job of `model` took."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(keys.durations(model), f"{seconds:.3f}")
+            pipe.ltrim(keys.durations(model), 0, keep - 1)
+            pipe.execute()
+
+    def recent_durations(self, model: str) -> list[float]:
+        """Recent remote job durations of `model`, newest first."""
+        return [float(_text(v)) for v in self.redis.lrange(keys.durations(model), 0, -1)]
+
+
+def _item_record(spec: NewItem, now: float) -> dict[str, str]:
+    return {
+        "id": spec.item_id, "file": spec.file, "line": str(spec.line), "model": spec.model,
+        "input": json.dumps(spec.input, ensure_ascii=False, separators=(",", ":")),
+        "state": keys.PENDING, "attempts": "0", "seq": "0", "deliveries": "0",
+        "registered_at": str(now), **spec.extra,
+    }
+
+
+def _score(value: float | str | None) -> str:
+    if value is None:
+        return KEEP
+    return value if isinstance(value, str) else repr(float(value))
+
+
+def _field_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _chunks(items: Iterable[NewItem], size: int) -> Iterator[list[NewItem]]:
+    chunk: list[NewItem] = []
+    for spec in items:
+        chunk.append(spec)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

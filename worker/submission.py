@@ -1,0 +1,160 @@
+"""Taking pending items into free slots and submitting them to the API, never twice.
+
+The API has no idempotency key, so an item is marked `submitting` (with a fresh attempt id)
+before the HTTP call. A submit that failed before the request left (connection refused, 429,
+5xx) goes back to `claimed` and is retried; one whose answer was lost after sending (read
+timeout, reset, a crash in between) becomes `submit_uncertain` and is never re-sent on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from rcbatch.errors import (
+    AccountError,
+    RateLimited,
+    RcbatchError,
+    RetryLater,
+    SubmitUncertain,
+)
+from worker import keys
+from worker.pacing import backoff
+from worker.runtime import Runtime
+from worker.state import REMOVE
+
+
+def dispatch(rt: Runtime, limit: int = 200) -> int:
+    """Claim pending items of every active batch while slots are free; nudge their submits."""
+    sent = 0
+    for bid in rt.store.active_batches():
+        room = limit - sent
+        if room <= 0:
+            break
+        claimed = rt.store.claim(bid, cap=rt.limits.max_in_flight, lease=rt.limits.slot_lease,
+                                 claim_due=rt.limits.claim_due, limit=room)
+        for iid, token in claimed:
+            rt.publisher.submit(bid, iid, token)
+        sent += len(claimed)
+    return sent
+
+
+def submit(rt: Runtime, bid: str, iid: str, token: str) -> None:
+    """Submit one claimed item, guarded by its dispatch token."""
+    ok, state, _ = rt.store.begin_step(bid, iid, expect=(keys.CLAIMED, keys.SUBMITTING),
+                                       guard=("token", token))
+    if not ok:
+        rt.item_log(bid, iid).debug("stale_submit", state=state)
+        return
+    if state == keys.SUBMITTING:
+        # Redelivered after a crash during the HTTP call: it may have reached the API.
+        _uncertain(rt, bid, iid, "the worker stopped while the submission was under way")
+        return
+    if _held_back(rt, bid, iid, token):
+        return
+    wait = rt.store.acquire_submit(rt.limits.submit_rate)
+    if wait > 0:
+        _defer(rt, bid, iid, token, wait)
+        return
+    _send(rt, bid, iid, token)
+
+
+def _held_back(rt: Runtime, bid: str, iid: str, token: str) -> bool:
+    """A cancelled or paused batch takes its claimed items back."""
+    batch_state = (rt.store.batch(bid) or {}).get("state", "")
+    guard = ("token", token)
+    if batch_state == keys.BATCH_CANCELLED:
+        rt.finish(bid, iid, expect=(keys.CLAIMED,), to=keys.CANCELLED, guard=guard)
+        return True
+    if batch_state in (keys.BATCH_PAUSED, keys.BATCH_SCHEDULED):
+        ok, _ = rt.store.transition(bid, iid, expect=(keys.CLAIMED,), to=keys.PENDING,
+                                    guard=guard, due=REMOVE, inflight=REMOVE)
+        if ok:
+            rt.store.requeue(bid, iid)
+        return True
+    return False
+
+
+def _defer(rt: Runtime, bid: str, iid: str, token: str, wait: float) -> None:
+    due = rt.clock() + wait + rt.limits.claim_due
+    rt.store.transition(bid, iid, expect=(keys.CLAIMED,), guard=("token", token), due=due,
+                        values={"deliveries": 0})
+    rt.publisher.submit(bid, iid, token, countdown=wait)
+
+
+def _send(rt: Runtime, bid: str, iid: str, token: str) -> None:
+    attempt = uuid.uuid4().hex
+    now = rt.clock()
+    ok, _ = rt.store.transition(
+        bid, iid, expect=(keys.CLAIMED,), guard=("token", token), to=keys.SUBMITTING,
+        due=now + rt.limits.submit_due,
+        values={"attempt_id": attempt, "+attempts": 1, "submitting_at": now})
+    if not ok:
+        return
+    item = rt.store.item(bid, iid) or {}
+    log = rt.item_log(bid, iid)
+    try:
+        answer = rt.run(rt.client.submit(item["model"], json.loads(item["input"])))
+    except SubmitUncertain as exc:
+        _uncertain(rt, bid, iid, exc.message, attempt)
+    except RetryLater as exc:
+        _retry_submit(rt, bid, iid, attempt, exc)
+    except AccountError as exc:
+        pause_batch(rt, bid, exc)
+        ok, _ = rt.store.transition(bid, iid, expect=(keys.SUBMITTING,), to=keys.PENDING,
+                                    guard=("attempt_id", attempt), due=REMOVE, inflight=REMOVE)
+        if ok:
+            rt.store.requeue(bid, iid)
+    except RcbatchError as exc:
+        rt.finish(bid, iid, expect=(keys.SUBMITTING,), to=keys.FAILED,
+                  guard=("attempt_id", attempt), error=exc.as_record())
+    else:
+        _accepted(rt, bid, iid, attempt, answer.request_id, item["model"])
+        log.info("item_submitted", request_id=answer.request_id, state=keys.SUBMITTED)
+
+
+def _accepted(rt: Runtime, bid: str, iid: str, attempt: str, request_id: str,
+              model: str) -> None:
+    now = rt.clock()
+    assert rt.pacer is not None
+    delay = rt.pacer.first_delay(model)
+    ok, _ = rt.store.transition(
+        bid, iid, expect=(keys.SUBMITTING,), guard=("attempt_id", attempt), to=keys.SUBMITTED,
+        due=now + delay + rt.limits.step_grace, inflight=now + rt.limits.slot_lease,
+        values={"request_id": request_id, "submitted_at": now, "seq": 1, "deliveries": 0,
+                "polls": 0, "step_errors": 0})
+    if ok:
+        rt.publisher.poll(bid, iid, 1, countdown=delay)
+
+
+def _retry_submit(rt: Runtime, bid: str, iid: str, attempt: str, exc: RetryLater) -> None:
+    item = rt.store.item(bid, iid) or {}
+    errors = int(item.get("step_errors", 0)) + 1
+    if isinstance(exc, RateLimited):
+        rt.store.cool_down(exc.retry_after or 5.0)
+    if errors > rt.limits.max_step_errors:
+        rt.finish(bid, iid, expect=(keys.SUBMITTING,), to=keys.FAILED,
+                  guard=("attempt_id", attempt), error=exc.as_record())
+        return
+    delay = backoff(errors, retry_after=exc.retry_after)
+    token = item.get("token", "")
+    ok, _ = rt.store.transition(
+        bid, iid, expect=(keys.SUBMITTING,), guard=("attempt_id", attempt), to=keys.CLAIMED,
+        due=rt.clock() + delay + rt.limits.claim_due,
+        values={"step_errors": errors, "last_error": exc.as_record(),
+                "deliveries": 0})
+    if ok:
+        rt.item_log(bid, iid).warning("submit_retry", kind=exc.kind, delay=round(delay, 2))
+        rt.publisher.submit(bid, iid, token, countdown=delay)
+
+
+def _uncertain(rt: Runtime, bid: str, iid: str, message: str, attempt: str | None = None) -> None:
+    rt.finish(bid, iid, expect=(keys.SUBMITTING,), to=keys.SUBMIT_UNCERTAIN,
+              guard=("attempt_id", attempt) if attempt else None,
+              error={"kind": "submit_uncertain", "message": message})
+
+
+def pause_batch(rt: Runtime, bid: str, exc: AccountError) -> None:
+    """Hold a batch's submissions after the API refused the token or the account."""
+    rt.store.set_batch(bid, state=keys.BATCH_PAUSED, pause_reason=exc.message or exc.kind)
+    rt.log.bind(batch_id=bid).error("batch_paused", kind=exc.kind, reason=exc.message)

@@ -1,0 +1,115 @@
+"""Celery tasks: thin glue that builds the process's runtime and calls a plain step.
+
+No task retries itself with `self.retry()`: a failed publish there drops the task for good
+(measured). Steps reschedule by publishing a new nudge, and the reconciler covers any nudge
+that was lost.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import structlog
+
+from worker import fetching, polling, reconciler, submission
+from worker.celery_app import app
+from worker.manifest import write_manifest
+from worker.runtime import Runtime
+from worker.wiring import build_runtime
+
+log = structlog.get_logger("rcbatch.worker")
+_runtime: tuple[int, Runtime] | None = None
+
+
+class CeleryPublisher:
+    """Publishes nudges as Celery tasks; a failed publish is logged and left to the reconciler."""
+
+    def __init__(self, celery_app: Any = app) -> None:
+        self.app = celery_app
+
+    def _send(self, name: str, args: list[Any], countdown: float) -> None:
+        try:
+            self.app.send_task(name, args=args, countdown=countdown or None)
+        except Exception as exc:  # broker unreachable: the due set re-drives it
+            log.warning("publish_failed", task=name, args=args, error=type(exc).__name__)
+
+    def submit(self, bid: str, iid: str, token: str, countdown: float = 0) -> None:
+        """Nudge a submit."""
+        self._send("rcbatch.submit", [bid, iid, token], countdown)
+
+    def poll(self, bid: str, iid: str, seq: int, countdown: float = 0) -> None:
+        """Nudge a poll."""
+        self._send("rcbatch.poll", [bid, iid, seq], countdown)
+
+    def fetch(self, bid: str, iid: str, seq: int, countdown: float = 0) -> None:
+        """Nudge a fetch."""
+        self._send("rcbatch.fetch", [bid, iid, seq], countdown)
+
+    def manifest(self, bid: str, countdown: float = 0) -> None:
+        """Nudge a manifest rewrite."""
+        self._send("rcbatch.manifest", [bid], countdown)
+
+    def dispatch(self) -> None:
+        """Nudge a dispatch (after a batch was registered)."""
+        self._send("rcbatch.dispatch", [], 0)
+
+
+def runtime() -> Runtime:
+    """This process's runtime, built once per process (after the pool forks)."""
+    global _runtime
+    if _runtime is None or _runtime[0] != os.getpid():
+        _runtime = (os.getpid(), build_runtime(app.conf.rcbatch_settings, CeleryPublisher()))
+    return _runtime[1]
+
+
+@app.task(name="rcbatch.submit")
+def submit_task(bid: str, iid: str, token: str) -> None:
+    """Submit one claimed item."""
+    submission.submit(runtime(), bid, iid, token)
+
+
+@app.task(name="rcbatch.poll")
+def poll_task(bid: str, iid: str, seq: int) -> None:
+    """Poll one item's remote job."""
+    polling.poll(runtime(), bid, iid, seq)
+
+
+@app.task(name="rcbatch.fetch")
+def fetch_task(bid: str, iid: str, seq: int) -> None:
+    """Store one item's outputs."""
+    fetching.fetch(runtime(), bid, iid, seq)
+
+
+@app.task(name="rcbatch.dispatch")
+def dispatch_task() -> None:
+    """Fill free in-flight slots with pending items."""
+    submission.dispatch(runtime())
+
+
+@app.task(name="rcbatch.reconcile")
+def reconcile_task() -> None:
+    """Re-drive overdue items (run by beat)."""
+    reconciler.reconcile(runtime())
+
+
+@app.task(name="rcbatch.manifest")
+def manifest_task(bid: str) -> None:
+    """Rewrite a batch's manifest; mark the batch finished when every item is terminal."""
+    refresh_manifest(runtime(), bid)
+
+
+def refresh_manifest(rt: Runtime, bid: str) -> str:
+    """Rewrite the manifest now; returns its URL."""
+    from worker import keys
+
+    rt.store.redis.delete(f"{keys.batch(bid)}:manifest_pending")
+    finished = rt.store.is_finished(bid)
+    stored = rt.run(write_manifest(rt.store, rt.bucket_for(bid), bid))
+    if finished:
+        record = rt.store.batch(bid) or {}
+        if not record.get("finished_at"):
+            rt.store.set_batch(bid, finished_at=str(rt.clock()))
+            log.info("batch_finished", batch_id=bid, counts=rt.store.counts(bid))
+        rt.store.mark_inactive(bid)
+    return stored.url

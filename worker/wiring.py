@@ -1,0 +1,56 @@
+"""Building the real parts (Redis, the API client, buckets) from settings, at the edge."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import httpx
+import redis
+
+from rcbatch.errors import ServiceUnavailable
+from runcomfy.client import RunComfyClient
+from worker.bucket import Bucket, open_bucket
+from worker.runtime import Limits, Publisher, Runtime
+from worker.state import Store
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A redis-py client with timeouts and health checks (no silent half-open stalls)."""
+    return redis.Redis.from_url(
+        url, socket_timeout=10, socket_connect_timeout=10, socket_keepalive=True,
+        health_check_interval=10, retry_on_timeout=True)
+
+
+def check_redis(client: redis.Redis) -> None:
+    """Raise ServiceUnavailable when Redis does not answer."""
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise ServiceUnavailable(f"Redis is not reachable: {type(exc).__name__}") from exc
+
+
+def api_client(settings: Any) -> RunComfyClient:
+    """The RunComfy client configured from settings."""
+    timeout = httpx.Timeout(connect=settings.http_connect_timeout,
+                            read=settings.http_read_timeout,
+                            write=settings.http_read_timeout, pool=10.0)
+    return RunComfyClient(settings.runcomfy_api_token or "", settings.runcomfy_base_url,
+                          timeout=timeout, max_output_bytes=settings.max_output_bytes)
+
+
+def limits_from(settings: Any) -> Limits:
+    """The pipeline limits from settings."""
+    return Limits(max_in_flight=settings.max_in_flight, submit_rate=settings.submit_rate,
+                  max_output_bytes=settings.max_output_bytes)
+
+
+def build_runtime(settings: Any, publisher: Publisher) -> Runtime:
+    """A runtime over the real Redis, API and buckets named by `settings`."""
+    @functools.lru_cache(maxsize=8)
+    def buckets(url: str) -> Bucket:
+        return open_bucket(url or settings.resolved_bucket_url(),
+                           s3_endpoint_url=settings.s3_endpoint_url)
+
+    return Runtime(store=Store(redis_client(settings.redis_url)), client=api_client(settings),
+                   buckets=buckets, publisher=publisher, limits=limits_from(settings))
