@@ -36,4 +36,7 @@ def register_batch(store: Store, items: Sequence[ItemSpec], *, name: str, bucket
         record["start_at"] = str(start_at)
     new_items = (NewItem(item_id=s.item_id, file=s.file, line=s.line, model=s.model,
                          input=s.input) for s in items)
-    return store.register(bid, record, new_items, start=start)
+    registration = store.register(bid, record, new_items, start=start)
+    if start and (store.batch(bid) or {}).get("state") == "paused":
+        store.set_batch(bid, state="running", pause_reason="")  # submitting again resumes
+    return registration

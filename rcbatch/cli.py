@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from rcbatch.errors import InputError, RcbatchError, ServiceUnavailable
+from rcbatch.errors import InputError, RcbatchError, ServiceUnavailable, ValidationFailed
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
@@ -37,6 +37,10 @@ class RcbatchGroup(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
+        except ValidationFailed as exc:
+            for problem in exc.problems:  # every problem, one line each, then the summary
+                click.echo(str(problem), err=True)
+            _fail(ctx, exc, EXIT_INPUT, str(exc))
         except RcbatchError as exc:
             _fail(ctx, exc, exit_code_for(exc), str(exc))
         except KeyboardInterrupt:
@@ -77,5 +81,5 @@ def _register_commands() -> None:
 
     for command in (cmd_run.run, cmd_validate.validate, cmd_validate.submit,
                     cmd_batch.status, cmd_batch.watch, cmd_batch.manifest, cmd_batch.retry,
-                    cmd_batch.cancel, cmd_worker.worker, cmd_simulate.simulate):
+                    cmd_batch.cancel, cmd_batch.pause, cmd_batch.resume, cmd_worker.worker, cmd_simulate.simulate):
         cli.add_command(command)

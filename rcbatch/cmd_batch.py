@@ -6,12 +6,14 @@ import json
 
 import click
 
-from config import load_settings
+from config import Settings, load_settings
+from rcbatch.errors import InputError
 from rcbatch.progress import batch_state, follow, summary
 from rcbatch.services import open_redis, open_store, resolve_batch
 from worker import keys, operations
 from worker.manifest import manifest_keys
 from worker.state import Store
+from worker.wiring import redis_client
 
 batch_argument = click.argument("batch", metavar="BATCH")
 
@@ -107,3 +109,36 @@ def cancel(batch: str) -> None:
         count = operations.cancel_batch(store, bid)
     click.echo(f"batch {bid} cancelled ({count} pending items cancelled)")
 
+
+
+@click.command()
+@batch_argument
+def pause(batch: str) -> None:
+    """Hold BATCH's submissions (jobs already submitted still finish and are stored)."""
+    settings = load_settings()
+    with open_store(settings) as store:
+        bid = resolve_batch(store, batch)
+        operations.pause_batch(store, bid)
+    click.echo(f"batch {bid} paused")
+
+
+@click.command()
+@batch_argument
+def resume(batch: str) -> None:
+    """Release a paused BATCH (e.g. after fixing the token or topping up the balance)."""
+    settings = load_settings()
+    with open_redis(settings) as url:
+        store = Store(redis_client(url))
+        bid = resolve_batch(store, batch)
+        if not operations.resume_batch(store, bid):
+            raise InputError(f"batch {bid} is not paused")
+        _nudge_dispatch(settings.model_copy(update={"redis_url": url}))
+    click.echo(f"batch {bid} resumed")
+
+
+def _nudge_dispatch(settings: Settings) -> None:
+    from worker.celery_app import configure
+    from worker.tasks import CeleryPublisher
+
+    configure(settings)
+    CeleryPublisher().dispatch()

@@ -104,6 +104,10 @@ def _run(settings: Settings, token: str, items: list[Any], batch_name: str,
         counts = follow(store, reg.batch_id, tick=sup.check)
         rt = build_runtime(run_settings, publisher)
         url = refresh_manifest(rt, reg.batch_id)
+        record = store.batch(reg.batch_id) or {}
+        if record.get("state") == "paused":
+            click.echo(f"rcbatch: batch paused: {record.get('pause_reason')}; fix it and run "
+                       f"the same command again to resume", err=True)
         click.echo(f"done: {summary(counts)}", err=True)
         click.echo(f"manifest: {url}")
         total = sum(counts.values())

@@ -93,12 +93,11 @@ def validate(files: tuple[Path, ...], default_model: str | None, no_preflight: b
         checked = check_files(files, default_model=default_model, preflight=not no_preflight,
                               settings=settings)
     except ValidationFailed as exc:
-        if as_json:
-            click.echo(json.dumps({"items": 0, "by_model": {},
-                                   "errors": [p.as_dict() for p in exc.problems]}))
-        else:
-            print_problems(exc.problems)
-        raise
+        if not as_json:
+            raise
+        click.echo(json.dumps({"items": 0, "by_model": {},
+                               "errors": [p.as_dict() for p in exc.problems]}))
+        raise SystemExit(2) from None
     if as_json:
         click.echo(json.dumps({"items": len(checked.items), "by_model": checked.by_model,
                                "errors": [],

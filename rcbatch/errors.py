@@ -72,9 +72,10 @@ class ValidationFailed(InputError):
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = list(problems)
-        first = str(self.problems[0]) if self.problems else "invalid input"
-        more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
-        super().__init__(first + more)
+        rows = {(p.file, p.line) for p in self.problems}
+        noun = "problem" if len(self.problems) == 1 else "problems"
+        super().__init__(f"{len(self.problems)} {noun} in {len(rows)} "
+                         f"{'row' if len(rows) == 1 else 'rows'}; nothing was enqueued")
 
 
 class RetryLater(RcbatchError):

@@ -56,13 +56,19 @@ def follow(store: Store, bid: str, *, stream: TextIO | None = None, interval: fl
             counts = store.counts(bid)
             view.update(int(record.get("total", 0)), counts)
             state = batch_state(record, counts)
-            if state in ("finished", "cancelled"):
+            if state in ("finished", "cancelled") or _stalled_by_pause(record, counts):
                 return counts
             if deadline is not None and time.monotonic() > deadline:
                 return counts
             if tick:
                 tick()
             time.sleep(interval)
+
+
+def _stalled_by_pause(record: dict[str, str], counts: dict[str, int]) -> bool:
+    """A paused batch with nothing left at the API will not move until someone resumes it."""
+    return record.get("state") == keys.BATCH_PAUSED and not (
+        counts["submitted"] or counts["running"])
 
 
 class _View:

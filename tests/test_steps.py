@@ -236,3 +236,26 @@ def test_a_cancelled_batch_submits_nothing_more(h: Harness) -> None:
     h.drive()
     assert [h.state(i) for i in ids] == [keys.CANCELLED] * 3
     assert h.api.calls("submit") == []
+
+
+def test_cancel_asks_the_api_to_cancel_a_queued_job(h: Harness) -> None:
+    from worker.operations import cancel_batch
+
+    [iid] = h.register(1)
+    h.step()  # submitted, queued at the API
+    cancel_batch(h.store, "b")
+    h.drive()
+    assert h.state(iid) == keys.CANCELLED
+    assert len(h.api.calls("cancel")) == 1
+
+
+def test_a_running_job_of_a_cancelled_batch_still_lands(h: Harness) -> None:
+    from worker.operations import cancel_batch
+
+    [iid] = h.register(1)
+    h.step()  # submitted
+    h.step()  # first poll: the fake moves it to in_progress
+    cancel_batch(h.store, "b")
+    h.drive()
+    assert h.state(iid) == keys.COMPLETED  # paid for, so its outputs are kept
+    assert h.api.calls("cancel") == []

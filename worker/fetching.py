@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlparse
 
@@ -60,19 +61,41 @@ def _store_all(rt: Runtime, bid: str, iid: str, item: dict[str, str],
     for n, output in enumerate(urls):
         if any(s.get("index") == n for s in stored):
             continue
-        stored.append(rt.run(_store_one(rt, bucket, bid, iid, n, output["url"])))
+        beat = _Heartbeat(rt, bid, iid, seq)
+        stored.append(rt.run(_store_one(rt, bucket, bid, iid, n, output["url"], beat)))
         rt.store.transition(bid, iid, expect=(keys.FETCHING,), guard=("seq", str(seq)),
                             due=rt.clock() + rt.limits.step_grace,
                             values={"outputs": json.dumps(stored)})
     return sorted(stored, key=lambda s: s["index"])
 
 
+class _Heartbeat:
+    """Pushes the fetch's deadline forward while a long transfer streams, so the reconciler
+    does not re-drive a download that is merely slow."""
+
+    every = 15.0
+
+    def __init__(self, rt: Runtime, bid: str, iid: str, seq: int) -> None:
+        self.rt, self.bid, self.iid, self.seq = rt, bid, iid, seq
+        self.last = rt.clock()
+
+    async def wrap(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            if self.rt.clock() - self.last > self.every:
+                self.last = self.rt.clock()
+                self.rt.store.transition(self.bid, self.iid, expect=(keys.FETCHING,),
+                                         guard=("seq", str(self.seq)),
+                                         due=self.last + self.rt.limits.step_grace)
+            yield chunk
+
+
 async def _store_one(rt: Runtime, bucket: Any, bid: str, iid: str, n: int,
-                     url: str) -> dict[str, Any]:
+                     url: str, beat: _Heartbeat) -> dict[str, Any]:
     async with rt.client.download(url) as download:
         content_type = (download.content_type or "application/octet-stream").split(";")[0]
         key = object_key(bid, iid, f"{n}.{_extension(content_type, url)}")
-        obj = await bucket.put_stream(key, download.aiter_bytes(), content_type=content_type,
+        obj = await bucket.put_stream(key, beat.wrap(download.aiter_bytes()),
+                                      content_type=content_type,
                                       expected_size=download.content_length,
                                       max_bytes=rt.limits.max_output_bytes)
     return {"index": n, "key": obj.key, "bytes": obj.bytes, "sha256": obj.sha256,

@@ -28,7 +28,7 @@ _REMOTE = (keys.SUBMITTED, keys.RUNNING)
 def poll(rt: Runtime, bid: str, iid: str, seq: int) -> None:
     """Poll one item's remote job if `seq` is still its current step."""
     guard = ("seq", str(seq))
-    ok, _state, deliveries = rt.store.begin_step(bid, iid, expect=_REMOTE, guard=guard)
+    ok, state, deliveries = rt.store.begin_step(bid, iid, expect=_REMOTE, guard=guard)
     if not ok:
         return
     if deliveries > rt.limits.max_deliveries:
@@ -36,6 +36,8 @@ def poll(rt: Runtime, bid: str, iid: str, seq: int) -> None:
             "kind": "worker_lost", "message": f"polling crashed a worker {deliveries - 1} times"})
         return
     item = rt.store.item(bid, iid) or {}
+    if state == keys.SUBMITTED and _cancelled_remotely(rt, bid, iid, item, seq):
+        return
     try:
         answer = rt.run(rt.client.result(item["request_id"]))
     except RetryLater as exc:
@@ -52,14 +54,29 @@ def poll(rt: Runtime, bid: str, iid: str, seq: int) -> None:
         _on_answer(rt, bid, iid, item, seq, answer)
 
 
+def _cancelled_remotely(rt: Runtime, bid: str, iid: str, item: dict[str, str],
+                        seq: int) -> bool:
+    """In a cancelled batch, ask the API to cancel a still-queued job (a running one is paid
+    for: it is left to finish and its outputs are stored)."""
+    if (rt.store.batch(bid) or {}).get("state") != keys.BATCH_CANCELLED:
+        return False
+    try:
+        answer = rt.run(rt.client.cancel(item["request_id"]))
+    except RcbatchError as exc:
+        rt.item_log(bid, iid, item).warning("cancel_failed", kind=exc.kind)
+        return False
+    if answer.outcome != "cancelled":
+        return False
+    return rt.finish(bid, iid, expect=_REMOTE, to=keys.CANCELLED, guard=("seq", str(seq)),
+                     error={"kind": "cancelled", "message": "the batch was cancelled"})
+
+
 def _on_answer(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
                answer: ResultAnswer) -> None:
     guard = ("seq", str(seq))
+    # A failed job never gets here: the client raises JobFailed for it.
     if answer.state is JobState.SUCCEEDED:
         _succeeded(rt, bid, iid, item, seq, answer)
-    elif answer.state is JobState.FAILED:
-        rt.finish(bid, iid, expect=_REMOTE, to=keys.FAILED, guard=guard,
-                  error={"kind": "job_failed", "message": answer.error or "the job failed"})
     elif answer.state is JobState.CANCELLED:
         rt.finish(bid, iid, expect=_REMOTE, to=keys.CANCELLED, guard=guard,
                   error={"kind": "cancelled", "message": "the job was cancelled at the API"})
