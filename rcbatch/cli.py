@@ -81,5 +81,6 @@ def _register_commands() -> None:
 
     for command in (cmd_run.run, cmd_validate.validate, cmd_validate.submit,
                     cmd_batch.status, cmd_batch.watch, cmd_batch.manifest, cmd_batch.retry,
-                    cmd_batch.cancel, cmd_batch.pause, cmd_batch.resume, cmd_worker.worker, cmd_simulate.simulate):
+                    cmd_batch.cancel, cmd_batch.pause, cmd_batch.resume, cmd_worker.worker,
+                    cmd_simulate.simulate):
         cli.add_command(command)

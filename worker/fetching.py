@@ -13,13 +13,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlparse
 
-from rcbatch.errors import ItemFailed, OutputLost, RcbatchError, RetryLater
+from rcbatch.errors import ItemFailed, OutputLost, RcbatchError, RetryLater, ServiceUnavailable
 from worker import keys
-from worker.bucket import object_key
+from worker.bucket import object_key, safe_part
 from worker.pacing import backoff
 from worker.runtime import Runtime
 
 _GONE_RETRIES = 3
+_BUCKET_WAIT = 30.0
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp",
                "image/gif": "gif", "video/mp4": "mp4", "video/webm": "webm",
                "video/quicktime": "mov"}
@@ -45,6 +46,11 @@ def fetch(rt: Runtime, bid: str, iid: str, seq: int) -> None:
         # A CDN may answer 404 for a moment after the job ends: a few tries, then it is lost.
         limit = 0 if exc.kind == "too_large" else _GONE_RETRIES
         _retry(rt, bid, iid, item, seq, exc, limit, None)
+    except ServiceUnavailable as exc:
+        # The bucket refuses (no such bucket, access denied): the outputs are paid for and
+        # stay on the CDN for days, so hold the batch and keep the item until it is fixed.
+        rt.store.set_batch(bid, state=keys.BATCH_PAUSED, pause_reason=exc.message)
+        _retry(rt, bid, iid, item, seq, exc, 10**6, _BUCKET_WAIT)
     except (ItemFailed, RcbatchError) as exc:
         rt.finish(bid, iid, expect=(keys.FETCHING,), to=keys.FAILED, guard=guard,
                   error={"kind": exc.kind, "message": exc.message})
@@ -93,7 +99,7 @@ async def _store_one(rt: Runtime, bucket: Any, bid: str, iid: str, n: int,
                      url: str, beat: _Heartbeat) -> dict[str, Any]:
     async with rt.client.download(url) as download:
         content_type = (download.content_type or "application/octet-stream").split(";")[0]
-        key = object_key(bid, iid, f"{n}.{_extension(content_type, url)}")
+        key = object_key(bid, safe_part(iid), f"{n}.{_extension(content_type, url)}")
         obj = await bucket.put_stream(key, beat.wrap(download.aiter_bytes()),
                                       content_type=content_type,
                                       expected_size=download.content_length,
