@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -47,6 +48,22 @@ def ensure_env() -> None:
     STAMP.write_text(_fingerprint())
 
 
+def ensure_browser() -> None:
+    """Debian's Chromium for the contact-sheet test (installed with apt when missing)."""
+    if shutil.which("chromium") or not shutil.which("apt-get"):
+        return
+    sudo = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
+    if sudo is None:
+        print("note: chromium is missing and cannot be installed here; "
+              "the contact-sheet browser test will be skipped", file=sys.stderr)
+        return
+    print("installing Debian's chromium for the contact-sheet test ...", file=sys.stderr)
+    quiet = {"stdout": subprocess.DEVNULL, "env": {**os.environ,
+                                                     "DEBIAN_FRONTEND": "noninteractive"}}
+    subprocess.run([*sudo, "apt-get", "update", "-qq"], check=False, **quiet)
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "chromium"], check=False, **quiet)
+
+
 def main(argv: list[str]) -> int:
     """Dispatch `demo` and `test`."""
     if not argv or argv[0] not in ("demo", "test", "setup"):
@@ -59,6 +76,7 @@ def main(argv: list[str]) -> int:
     if argv[0] == "demo":
         cmd = [str(BIN / "rcbatch"), "run", "examples/sweep.jsonl", "--simulate", *argv[1:]]
     else:
+        ensure_browser()
         cmd = [str(BIN / "python"), "-m", "pytest", *argv[1:]]
     return subprocess.run(cmd).returncode
 

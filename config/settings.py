@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     http_read_timeout: float = Field(default=60.0, gt=0)
     preflight_concurrency: int = Field(default=8, ge=1)
     log_level: str = Field(default="INFO")
+    schedules_file: Path | None = Field(
+        default=None, description="JSON list of recurring runs: name, cron, spec (worker/schedules.py)")
 
     @field_validator("state_dir")
     @classmethod

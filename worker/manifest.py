@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from worker import keys
+from worker import contact_sheet, keys
 from worker.bucket import Bucket, StoredObject, object_key
 from worker.state import Store
 
+SHEET_LIMIT = 5000
 CSV_COLUMNS = ("item_id", "file", "line", "model", "status", "request_id", "attempts",
                "outputs", "sha256", "bytes", "error_kind", "error_message", "submitted_at",
                "finished_at", "cost", "input")
@@ -75,7 +76,21 @@ async def write_manifest(store: Store, bucket: Bucket, bid: str) -> StoredObject
                                      content_type="application/x-ndjson")
     await bucket.put_stream(csv_key, _aiter(_csv_chunks(store.iter_items(bid))),
                             content_type="text/csv")
+    write_contact_sheet(store, bucket, bid)
     return stored
+
+
+def write_contact_sheet(store: Store, bucket: Bucket, bid: str) -> StoredObject:
+    """Write `index.html`, the contact sheet (the first SHEET_LIMIT items of a huge batch)."""
+    lines = []
+    for record in store.iter_items(bid):
+        lines.append(manifest_line(record))
+        if len(lines) >= SHEET_LIMIT:
+            break
+    name = (store.batch(bid) or {}).get("name") or bid
+    page = contact_sheet.render(bid, lines, title=f"{name} ({bid})")
+    return bucket.put_bytes(object_key(bid, "index.html"), page.encode(),
+                            content_type="text/html; charset=utf-8")
 
 
 def _jsonl_chunks(records: Iterable[Mapping[str, str]]) -> Iterator[bytes]:

@@ -1,0 +1,51 @@
+"""Beat-driven glue for scheduled work: recurring runs from the schedules file.
+
+(One-off scheduled batches, `submit --at`, need no task of their own: the reconciler starts
+them when their time comes.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from worker.celery_app import app
+from worker.runtime import Runtime
+from worker.schedules import Schedule, fetch_spec, fire_due, load_schedules
+
+log = structlog.get_logger("rcbatch.schedules")
+
+
+def start_scheduled_run(rt: Runtime, settings: Any, schedule: Schedule, name: str) -> str:
+    """Read, check and register the spec of one firing; returns the batch id."""
+    from producer.batch import register_batch
+    from producer.spec import read_and_check
+    from worker.submission import dispatch
+
+    path = fetch_spec(schedule.spec, rt.buckets)
+    checked = read_and_check([path])
+    checked.raise_if_invalid()
+    reg = register_batch(rt.store, checked.items, name=name,
+                         bucket_url=settings.resolved_bucket_url(), sources=[schedule.spec])
+    log.info("scheduled_run_started", schedule=schedule.name, batch_id=reg.batch_id,
+             items=reg.added)
+    dispatch(rt)
+    return reg.batch_id
+
+
+def fire_schedules(rt: Runtime, settings: Any) -> list[str]:
+    """Start the due firings of the configured schedules."""
+    if not settings.schedules_file:
+        return []
+    schedules = load_schedules(settings.schedules_file)
+    return fire_due(rt.store.redis, schedules, rt.clock(),
+                    lambda s, name: start_scheduled_run(rt, settings, s, name), log)
+
+
+@app.task(name="rcbatch.schedules")
+def schedules_task() -> None:
+    """Beat: start recurring runs that are due."""
+    from worker.tasks import runtime
+
+    fire_schedules(runtime(), app.conf.rcbatch_settings)
