@@ -33,7 +33,7 @@ def _fingerprint() -> str:
 
 def ensure_env() -> None:
     """Create the virtualenv and install the project into it when needed."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py runs on whatever python3 is
         sys.exit(f"rcbatch needs Python >= 3.11 (this is {sys.version.split()[0]})")
     if not (BIN / "python").exists():
         print("creating .venv ...", file=sys.stderr)
