@@ -39,12 +39,14 @@ def check_files(files: Sequence[Path], *, default_model: str | None, preflight: 
         if not path.is_file():
             raise InputError(f"{path}: no such file")
     result = read_and_check(list(files), default_model=default_model)
-    problems = list(result.problems)
+    problems, warnings = list(result.problems), list(result.warnings)
     if preflight and not problems:
-        problems += run_preflight(result.items, settings)
+        found = run_preflight(result.items, settings)
+        problems += found["error"]
+        warnings += found["warning"]
     if problems:
         raise ValidationFailed(problems)
-    return Checked(list(result.items), list(result.warnings), _by_model(result))
+    return Checked(list(result.items), warnings, _by_model(result))
 
 
 def _by_model(result: CheckResult) -> dict[str, int]:
@@ -54,21 +56,24 @@ def _by_model(result: CheckResult) -> dict[str, int]:
     return counts
 
 
-def run_preflight(items: Sequence[ItemSpec], settings: Settings) -> list[Problem]:
-    """Fetch each input image's header and check it against the model's rules."""
+def run_preflight(items: Sequence[ItemSpec], settings: Settings) -> dict[str, list[Problem]]:
+    """Fetch each input image's header and check it: {"error": [...], "warning": [...]}."""
+    from runcomfy.catalogue import Issue
     from runcomfy.preflight import Preflight
 
-    async def go() -> list[list[object]]:
+    async def go() -> list[list[Issue]]:
         timeout = httpx.Timeout(connect=settings.http_connect_timeout, read=20.0, write=20.0,
                                 pool=30.0)
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client:
             checker = Preflight(client, concurrency=settings.preflight_concurrency)
-            return await checker.check_rows([(i.model, i.input) for i in items])  # type: ignore[return-value]
+            return await checker.check_rows([(i.model, i.input) for i in items])
 
-    found = asyncio.run(go())
-    return [Problem(item.file, item.line, issue.field, issue.message)  # type: ignore[attr-defined]
-            for item, issues in zip(items, found, strict=True) for issue in issues
-            if getattr(issue, "severity", "error") == "error"]
+    found: dict[str, list[Problem]] = {"error": [], "warning": []}
+    for item, issues in zip(items, asyncio.run(go()), strict=True):
+        for issue in issues:
+            found[issue.severity].append(Problem(item.file, item.line, issue.field,
+                                                 issue.message))
+    return found
 
 
 def print_problems(problems: Sequence[Problem], *, warning: bool = False) -> None:
