@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import time
 from collections.abc import Sequence
@@ -35,8 +36,12 @@ def register_batch(store: Store, items: Sequence[ItemSpec], *, name: str, bucket
     if start_at is not None:
         record["start_at"] = str(start_at)
     new_items = (NewItem(item_id=s.item_id, file=s.file, line=s.line, model=s.model,
-                         input=s.input) for s in items)
+                         input=s.input, extra=_extra(s)) for s in items)
     registration = store.register(bid, record, new_items, start=start)
     if start and (store.batch(bid) or {}).get("state") == "paused":
         store.set_batch(bid, state="running", pause_reason="")  # submitting again resumes
     return registration
+
+
+def _extra(spec: ItemSpec) -> dict[str, str]:
+    return {"sweep": json.dumps(spec.sweep, ensure_ascii=False)} if spec.sweep else {}

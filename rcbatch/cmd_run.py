@@ -17,7 +17,15 @@ from typing import Any
 import click
 
 from config import Settings, load_settings
-from rcbatch.cmd_validate import check_files, files_argument, model_option, print_problems
+from rcbatch.cmd_validate import (
+    Expansion,
+    check_files,
+    files_argument,
+    model_option,
+    print_problems,
+    repeat_option,
+    sweep_option,
+)
 from rcbatch.embedded_redis import ensure_redis
 from rcbatch.errors import InputError
 from rcbatch.logs import configure_logging
@@ -38,10 +46,12 @@ from rcbatch.supervisor import Supervisor
               help="Task slots per worker process.")
 @click.option("--name", help="Batch name; running again under a name resumes that batch.")
 @model_option
+@sweep_option
+@repeat_option
 @click.option("--no-preflight", is_flag=True, help="Do not fetch input images to check them.")
 def run(files: tuple[Path, ...], simulate: bool, simulate_args: str, bucket_url: str | None,
         workers: int, concurrency: int, name: str | None, default_model: str | None,
-        no_preflight: bool) -> None:
+        sweeps: tuple[str, ...], repeat: int | None, no_preflight: bool) -> None:
     """Run FILES end to end and wait until every item is done."""
     settings = load_settings(bucket_url=bucket_url)
     token = settings.token_value() or (f"sim-{secrets.token_hex(8)}" if simulate else None)
@@ -52,7 +62,8 @@ def run(files: tuple[Path, ...], simulate: bool, simulate_args: str, bucket_url:
     if simulate and not no_preflight:
         click.echo("preflight skipped: the simulated API does not fetch input images", err=True)
     checked = check_files(files, default_model=default_model, preflight=preflight,
-                          settings=settings)
+                          settings=settings, expansion=Expansion.from_options(sweeps, repeat),
+                          simulated=simulate)
     print_problems(checked.warnings, warning=True)
     from producer.batch import default_name
 
@@ -86,7 +97,9 @@ def _run(settings: Settings, token: str, items: list[Any], batch_name: str,
         stack.callback(sup.stop)
         base_url = settings.runcomfy_base_url
         if simulate:
-            base_url = sup.start_simulator(["--token", token, *sim_options])
+            # The token goes through the environment, never the command line (ps shows it).
+            sup.env = {**sup.env, "RCBATCH_SIMULATOR_TOKEN": token}
+            base_url = sup.start_simulator(sim_options)
             sup.env = {**sup.env, "RCBATCH_RUNCOMFY_BASE_URL": base_url}
         run_settings = settings.model_copy(update={"redis_url": redis_url,
                                                    "runcomfy_base_url": base_url})

@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 import httpx
@@ -21,6 +22,25 @@ model_option = click.option("--model", "default_model", metavar="MODEL",
                             help="Model for rows that do not name one.")
 preflight_option = click.option("--no-preflight", is_flag=True,
                                 help="Do not fetch input images to check them.")
+sweep_option = click.option("--sweep", "sweeps", multiple=True, metavar="FIELD=V1,V2",
+                            help="Sweep FIELD over these values for every row (repeatable).")
+repeat_option = click.option("--repeat", type=click.IntRange(1, 1000), default=None,
+                             help="Run each combination N times (distinct seeds).")
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """How a submission's rows expand: --sweep axes and --repeat."""
+
+    sweep: dict[str, list[Any]]
+    repeat: int | None
+
+    @classmethod
+    def from_options(cls, sweeps: Sequence[str], repeat: int | None) -> Expansion:
+        """Parse the command-line options."""
+        from producer.sweep import parse_cli_sweep
+
+        return cls(parse_cli_sweep(sweeps), repeat)
 
 
 @dataclass
@@ -33,12 +53,21 @@ class Checked:
 
 
 def check_files(files: Sequence[Path], *, default_model: str | None, preflight: bool,
-                settings: Settings) -> Checked:
-    """Read, validate and (optionally) preflight every row; ValidationFailed lists all errors."""
+                settings: Settings, expansion: Expansion | None = None,
+                simulated: bool = False) -> Checked:
+    """Read, validate and (optionally) preflight every row; ValidationFailed lists all errors.
+
+    Plain-http input URLs are accepted only on loopback, and only when the API itself is on
+    loopback (the simulator), which is the only API that could fetch them.
+    """
     for path in files:
         if not path.is_file():
             raise InputError(f"{path}: no such file")
-    result = read_and_check(list(files), default_model=default_model)
+    expansion = expansion or Expansion({}, None)
+    loopback = simulated or is_loopback_url(settings.runcomfy_base_url)
+    result = read_and_check(list(files), default_model=default_model,
+                            allow_loopback_http=loopback, sweep=expansion.sweep,
+                            repeat=expansion.repeat)
     problems, warnings = list(result.problems), list(result.warnings)
     if preflight and not problems:
         found = run_preflight(result.items, settings)
@@ -47,6 +76,12 @@ def check_files(files: Sequence[Path], *, default_model: str | None, preflight: 
     if problems:
         raise ValidationFailed(problems)
     return Checked(list(result.items), warnings, _by_model(result))
+
+
+def is_loopback_url(url: str) -> bool:
+    """True for URLs on 127.0.0.0/8, localhost or ::1."""
+    host = (httpx.URL(url).host or "").lower()
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _by_model(result: CheckResult) -> dict[str, int]:
@@ -89,14 +124,17 @@ def print_problems(problems: Sequence[Problem], *, warning: bool = False) -> Non
 @files_argument
 @model_option
 @preflight_option
+@sweep_option
+@repeat_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def validate(files: tuple[Path, ...], default_model: str | None, no_preflight: bool,
-             as_json: bool) -> None:
-    """Check every row of FILES without enqueuing anything."""
+             sweeps: tuple[str, ...], repeat: int | None, as_json: bool) -> None:
+    """Check every row of FILES without enqueuing anything; count items after sweeps."""
     settings = load_settings()
     try:
         checked = check_files(files, default_model=default_model, preflight=not no_preflight,
-                              settings=settings)
+                              settings=settings,
+                              expansion=Expansion.from_options(sweeps, repeat))
     except ValidationFailed as exc:
         if not as_json:
             raise
@@ -118,11 +156,14 @@ def validate(files: tuple[Path, ...], default_model: str | None, no_preflight: b
 @files_argument
 @model_option
 @preflight_option
+@sweep_option
+@repeat_option
 @click.option("--name", help="Batch name; submitting again under a name resumes that batch.")
 @click.option("--at", "at", metavar="WHEN", help="Start at this time (HH:MM or ISO 8601).")
 @click.option("--json", "as_json", is_flag=True, help="Print {batch_id, items} as JSON.")
 def submit(files: tuple[Path, ...], default_model: str | None, no_preflight: bool,
-           name: str | None, at: str | None, as_json: bool) -> None:
+           sweeps: tuple[str, ...], repeat: int | None, name: str | None, at: str | None,
+           as_json: bool) -> None:
     """Validate FILES and register a batch for running workers; returns at once."""
     from producer.batch import default_name, register_batch
     from rcbatch.schedule import parse_when
@@ -137,7 +178,7 @@ def submit(files: tuple[Path, ...], default_model: str | None, no_preflight: boo
                          "`rcbatch run` starts everything itself")
     start_at = parse_when(at) if at else None
     checked = check_files(files, default_model=default_model, preflight=not no_preflight,
-                          settings=settings)
+                          settings=settings, expansion=Expansion.from_options(sweeps, repeat))
     print_problems(checked.warnings, warning=True)
     client = redis_client(settings.redis_url)
     check_redis(client)

@@ -1,0 +1,441 @@
+"""Reading generation specs from JSONL and CSV files into rows, streaming line by line.
+
+Every defect of the file itself (encoding, quoting, JSON syntax, cell types) becomes a
+`Problem`; nothing here raises for bad input. Model rules are not checked here: that is
+`producer.spec.check_rows`, which calls the catalogue.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from rcbatch.errors import Problem
+from runcomfy import catalogue
+
+#: a physical line longer than this is refused (a generation spec is a few KiB at most)
+MAX_LINE_BYTES = 1 << 20
+JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson", ".json-lines"})
+CSV_SUFFIXES = frozenset({".csv"})
+#: the `field` of a problem about the whole file, a whole row, or the CSV header
+FILE_FIELD, ROW_FIELD, HEADER_FIELD = "(file)", "(row)", "(header)"
+
+_SKIP_CHUNK = 1 << 16
+_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_INT_RE = re.compile(r"[+-]?[0-9]+")
+_NUM_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_BOOLS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of an input file: where it is, and its fields as read.
+
+    `rejected_fields` names fields the reader already reported as unreadable (and left out
+    of `data`); such a row never becomes an item.
+    """
+
+    file: str
+    line: int
+    data: dict[str, Any]
+    rejected_fields: frozenset[str] = frozenset()
+    #: set on rows expanded from a sweep: {"axes": {field: value}, "repeat": k}
+    sweep: dict[str, Any] | None = None
+
+
+@dataclass
+class ReadResult:
+    """The rows read from one file and every problem found while reading it."""
+
+    rows: list[Row] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters and lone surrogates escaped, so it prints on one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def read_rows(path: Path, *, default_model: str | None = None,
+              display_name: str | None = None) -> ReadResult:
+    """Read every row of a .jsonl/.ndjson/.json-lines or .csv file; never raises for bad input.
+
+    `default_model` fills in `model` where a row gives none; `display_name` (default: the
+    path as given) is the FILE of every row and problem.
+    """
+    sink = _Sink(one_line(display_name if display_name is not None else str(path)))
+    path = Path(path)
+    suffix = path.suffix.lower()
+    parse = _read_jsonl if suffix in JSONL_SUFFIXES else _read_csv if suffix in CSV_SUFFIXES \
+        else None
+    if parse is None:
+        sink.add(1, FILE_FIELD, f"unsupported file type {one_line(suffix or path.name)!r}: "
+                 "use .jsonl (or .ndjson) or .csv")
+        return ReadResult([], sink.problems)
+    rows: list[Row] = []
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(2) in _UTF16_BOMS:
+                sink.add(1, FILE_FIELD, "the file is UTF-16; save it as UTF-8")
+            else:
+                fh.seek(0)
+                rows = parse(fh, sink, default_model)
+    except OSError as exc:
+        sink.add(1, FILE_FIELD, f"cannot read the file: {exc.strerror or exc}")
+    return ReadResult(rows, sink.problems)
+
+
+class _Sink:
+    """Collects the problems of one file."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.problems: list[Problem] = []
+
+    def add(self, line: int, field_name: str, message: str) -> None:
+        """Record one problem at `line`."""
+        self.problems.append(Problem(self.file, line, one_line(field_name), one_line(message)))
+
+
+def _physical_lines(fh: IO[bytes]) -> Iterator[tuple[int, bytes | None, int]]:
+    """(line number, bytes or None when over the cap, size without the line break).
+
+    An over-long line is skipped in fixed chunks: time linear in its size, memory bounded.
+    """
+    lineno = 0
+    while chunk := fh.readline(MAX_LINE_BYTES + 1):
+        lineno += 1
+        if len(chunk) <= MAX_LINE_BYTES or chunk.endswith(b"\n"):
+            yield lineno, chunk, len(chunk)
+            continue
+        size = len(chunk)
+        while not chunk.endswith(b"\n") and (chunk := fh.readline(_SKIP_CHUNK)):
+            size += len(chunk)
+        yield lineno, None, size - len(chunk) + len(chunk.rstrip(b"\r\n"))
+
+
+def _decoded_lines(fh: IO[bytes], sink: _Sink) -> Iterator[tuple[int, str | None]]:
+    """(line number, text) per physical line; text is None for a line already reported."""
+    for lineno, raw, size in _physical_lines(fh):
+        if raw is None:
+            sink.add(lineno, ROW_FIELD, f"the line is {size} bytes long; the limit is "
+                     f"{MAX_LINE_BYTES} bytes")
+            yield lineno, None
+            continue
+        if lineno == 1 and raw.startswith(_BOM):
+            raw = raw[len(_BOM):]
+        try:
+            yield lineno, raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            sink.add(lineno, ROW_FIELD, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at "
+                     f"byte {exc.start + 1} of the line); save the file as UTF-8")
+            yield lineno, None
+
+
+class _NonFinite:
+    """Stands in for NaN, Infinity or an overflowing number while a line is parsed."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _walk(value: Any) -> Iterator[Any]:
+    """Every value nested in `value` (and the keys of objects), without recursion."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        yield item
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _has_surrogate(value: Any) -> bool:
+    """True when some string in `value` holds a lone surrogate (it could not be sent)."""
+    return any(isinstance(v, str) and _SURROGATE.search(v) for v in _walk(value))
+
+
+def _has_non_finite(value: Any) -> bool:
+    """True when `value` holds NaN, Infinity or a number too large for a float."""
+    return any(isinstance(v, _NonFinite) for v in _walk(value))
+
+
+def _json_loads(text: str, duplicates: list[str] | None = None) -> Any:
+    """`json.loads` that marks non-finite numbers and records duplicate keys."""
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        for key, value in items:
+            if key in obj and duplicates is not None:
+                duplicates.append(key)
+            obj[key] = value
+        return obj
+
+    def number(token: str) -> float | _NonFinite:
+        value = float(token)
+        return value if math.isfinite(value) else _NonFinite(token)
+
+    return json.loads(text, object_pairs_hook=pairs, parse_constant=_NonFinite,
+                      parse_float=number)
+
+
+def _json_error(exc: Exception) -> str:
+    """A one-line description of why a JSON text did not parse."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at column {exc.colno}"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc).split(":")[0]
+
+
+_KIND_NAMES = {dict: "an object", list: "an array", str: "a string", bool: "true/false",
+               type(None): "null", int: "a number", float: "a number"}
+
+
+def _read_jsonl(fh: IO[bytes], sink: _Sink, default_model: str | None) -> list[Row]:
+    """Rows of a JSON Lines file: one object per non-blank line."""
+    rows: list[Row] = []
+    seen_any = False
+    for lineno, text in _decoded_lines(fh, sink):
+        stripped = None if text is None else text.strip(" \t\r\n")  # JSON's whitespace
+        if stripped == "":
+            continue
+        if not seen_any and stripped == "[":
+            sink.add(lineno, FILE_FIELD, "this is a JSON array; JSONL needs one JSON object "
+                     "per line and no enclosing [ ]")
+            return rows
+        seen_any = True
+        row = _jsonl_row(sink, lineno, text, default_model) if text is not None else None
+        if row is not None:
+            rows.append(row)
+    if not seen_any:
+        sink.add(1, FILE_FIELD, "the file is empty: expected one JSON object per line")
+    return rows
+
+
+def _jsonl_row(sink: _Sink, lineno: int, text: str, default_model: str | None) -> Row | None:
+    """The row of one JSONL line, or None (with the problem recorded)."""
+    duplicates: list[str] = []
+    try:
+        value = _json_loads(text, duplicates)
+    except (ValueError, RecursionError) as exc:
+        sink.add(lineno, ROW_FIELD, f"not valid JSON: {_json_error(exc)}")
+        return None
+    if not isinstance(value, dict):
+        kind = "NaN/Infinity" if isinstance(value, _NonFinite) else _KIND_NAMES[type(value)]
+        sink.add(lineno, ROW_FIELD, f"expected a JSON object, got {kind}")
+        return None
+    rejected = _reject_json_fields(sink, lineno, text, value, duplicates)
+    data = {k: v for k, v in value.items() if k not in rejected}
+    _apply_default_model(data, default_model)
+    return Row(sink.file, lineno, data, frozenset(rejected))
+
+
+def _reject_json_fields(sink: _Sink, lineno: int, text: str, value: dict[str, Any],
+                        duplicates: list[str]) -> set[str]:
+    """Report and name the top-level fields of a parsed line that cannot be used."""
+    rejected: set[str] = set()
+    escapes = bool(_SURROGATE_ESCAPE.search(text))
+    for key in dict.fromkeys(duplicates):
+        sink.add(lineno, key, "duplicate key in one JSON object; keep only one")
+        rejected.add(key)
+    for key, item in value.items():
+        if _has_non_finite(item):
+            sink.add(lineno, key, "NaN and Infinity are not allowed; use a finite number")
+            rejected.add(key)
+        elif escapes and (_has_surrogate(item) or _has_surrogate(key)):
+            sink.add(lineno, key, "contains a lone surrogate \\u escape, which is not text")
+            rejected.add(key)
+    return rejected
+
+
+def _apply_default_model(data: dict[str, Any], default_model: str | None) -> None:
+    """Fill `model` from the default when the row gives none (a row's own value wins)."""
+    if default_model and data.get("model") in (None, ""):
+        data["model"] = default_model
+
+
+def _read_csv(fh: IO[bytes], sink: _Sink, default_model: str | None) -> list[Row]:
+    """Rows of a CSV file: a header row, then one item per row."""
+    records = _csv_records(_decoded_lines(fh, sink), sink)
+    first = next(records, None)
+    if first is None:
+        sink.add(1, FILE_FIELD, "the file is empty: expected a header row and one row per item")
+        return []
+    header_line, header_cells = first
+    names = _csv_header(sink, header_line, header_cells) if header_cells is not None else None
+    if names is None:
+        return []
+    rows: list[Row] = []
+    seen_record = False
+    for lineno, cells in records:
+        seen_record = True
+        if cells is None:
+            continue
+        if len(cells) != len(names):
+            sink.add(lineno, ROW_FIELD, f"the row has {len(cells)} cells but the header has "
+                     f"{len(names)}")
+            continue
+        rows.append(_csv_row(sink, lineno, dict(zip(names, cells, strict=True)), default_model))
+    if not seen_record:
+        sink.add(header_line, FILE_FIELD, "the file has a header but no rows")
+    return rows
+
+
+def _csv_records(lines: Iterator[tuple[int, str | None]],
+                 sink: _Sink) -> Iterator[tuple[int, list[str] | None]]:
+    """(first line, cells) per non-blank CSV record; cells is None when already reported."""
+    spoiled = [0]  # lines already reported; a record touching one is dropped
+
+    def feed() -> Iterator[str]:
+        for _lineno, text in lines:
+            if text is None:
+                spoiled[0] += 1
+            yield "\n" if text is None else text
+
+    reader = csv.reader(feed(), strict=True)
+    end = 0
+    while True:
+        before = spoiled[0]
+        try:
+            cells: list[str] | None = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            if spoiled[0] == before:
+                sink.add(end + 1, ROW_FIELD, _csv_error(exc))
+            cells = None
+        start, end = end + 1, reader.line_num
+        if spoiled[0] != before:
+            cells = None
+        if cells is None or any(cell.strip() for cell in cells):
+            yield start, cells
+
+
+_CSV_ERRORS = {  # the csv module's wording -> ours
+    "unexpected end of data": 'a quoted cell starting on this line is never closed (missing ")',
+    "expected after": 'bad quoting: a closing " must be followed by a comma or the end of the '
+                      'line (write "" for a quote inside a quoted cell)',
+    "field larger than field limit": f"a cell is longer than {csv.field_size_limit()} "
+                                     "characters (is a quote left open?)",
+    "new-line character": "a carriage return (\\r) inside an unquoted cell; save the file "
+                          "with \\n or \\r\\n line endings, or quote the cell",
+}
+
+
+def _csv_error(exc: csv.Error) -> str:
+    """A user-facing description of a CSV syntax error."""
+    text = str(exc)
+    return next((ours for needle, ours in _CSV_ERRORS.items() if needle in text),
+                f"bad CSV: {text}")
+
+
+def _csv_header(sink: _Sink, lineno: int, cells: list[str]) -> list[str] | None:
+    """The column names, or None when a name is empty or repeated (each reported)."""
+    names = [cell.strip() for cell in cells]
+    first_seen: dict[str, int] = {}
+    ok = True
+    for column, name in enumerate(names, start=1):
+        if not name:
+            sink.add(lineno, HEADER_FIELD, f"column {column} has no name")
+            ok = False
+        elif name in first_seen:
+            sink.add(lineno, name, f"duplicate column name (columns {first_seen[name]} and "
+                     f"{column})")
+            ok = False
+        else:
+            first_seen[name] = column
+    return names if ok else None
+
+
+def _csv_row(sink: _Sink, lineno: int, cells: dict[str, str],
+             default_model: str | None) -> Row:
+    """One CSV record as a row, cells converted by the kinds of the row's model's fields."""
+    given = {name: cell for name, cell in cells.items() if cell.strip()}
+    data: dict[str, Any] = {}
+    if "model" in given:
+        data["model"] = given.pop("model").strip()
+    _apply_default_model(data, default_model)
+    kinds = _field_kinds(data.get("model"))
+    rejected: set[str] = set()
+    for name, cell in given.items():
+        try:
+            data[name] = cell.strip() if name == "id" else coerce_cell(kinds.get(name), cell)
+        except ValueError as exc:
+            sink.add(lineno, name, str(exc))
+            rejected.add(name)
+    return Row(sink.file, lineno, data, frozenset(rejected))
+
+
+def _field_kinds(model: Any) -> dict[str, str]:
+    """Field name -> kind for a known model; empty for a missing or unknown one."""
+    try:
+        spec = catalogue.get_model(model) if isinstance(model, str) else None
+    except KeyError:
+        spec = None
+    return {name: f.kind for name, f in spec.fields.items()} if spec is not None else {}
+
+
+def _to_integer(text: str) -> int:
+    if not _INT_RE.fullmatch(text):
+        raise ValueError(f"expected an integer, got {text[:40]!r}")
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("expected an integer, got one with too many digits") from None
+
+
+def _to_number(text: str) -> int | float:
+    if _INT_RE.fullmatch(text):
+        return _to_integer(text)  # as JSON would read it, so CSV and JSONL ids agree
+    value = float(text) if _NUM_RE.fullmatch(text) else None
+    if value is None or not math.isfinite(value):
+        raise ValueError(f"expected a number, got {text[:40]!r}")
+    return value
+
+
+def _to_boolean(text: str) -> bool:
+    if text.lower() not in _BOOLS:
+        raise ValueError(f"expected a boolean (true/false, yes/no, 1/0), got {text[:40]!r}")
+    return _BOOLS[text.lower()]
+
+
+def _to_array(text: str) -> list[Any]:
+    if not text.startswith("["):
+        return [part.strip() for part in text.split("|") if part.strip()]
+    try:
+        value = _json_loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"expected a JSON array or |-separated URLs; the JSON array is "
+                         f"not valid: {_json_error(exc)}") from None
+    if not isinstance(value, list) or _has_non_finite(value) or _has_surrogate(value):
+        raise ValueError("expected a JSON array (of finite numbers and text) or "
+                         "|-separated URLs")
+    return value
+
+
+_COERCERS: dict[str, Callable[[str], Any]] = {
+    "integer": _to_integer, "number": _to_number, "boolean": _to_boolean, "array": _to_array,
+}
+
+
+def coerce_cell(kind: str | None, cell: str) -> Any:
+    """Convert one non-empty CSV cell to the JSON value a field of `kind` takes.
+
+    Strings (and fields the model does not have) are kept exactly as written; a cell that
+    does not fit raises ValueError whose message names the expected type.
+    """
+    convert = _COERCERS.get(kind or "string")
+    return cell if convert is None else convert(cell.strip())

@@ -1,0 +1,227 @@
+"""Turning rows into validated items: model rules (from the catalogue), ids, duplicates.
+
+An item's id is the row's own `id` when given, otherwise a stable hash of its model and
+input, so the same spec is the same item whichever file (CSV or JSONL) it comes from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from producer.reader import ROW_FIELD, Row, one_line, read_rows
+from producer.sweep import expand_rows, sweep_suffix
+from rcbatch.errors import Problem, ValidationFailed
+from runcomfy import catalogue
+
+MAX_ID_LENGTH = 128
+
+_ID_RE = re.compile(r"[A-Za-z0-9._-]+")
+_TAGS = {"text-to-image": "t2i", "edit": "edit", "image-to-video": "i2v",
+         "edit-sequential": "seq"}
+
+
+@dataclass(frozen=True)
+class ItemSpec:
+    """One item to generate: `input` is the exact body sent (the API applies defaults)."""
+
+    item_id: str
+    file: str
+    line: int
+    model: str
+    input: dict[str, Any]
+    #: the sweep axes and repeat index this item was expanded from, if any
+    sweep: dict[str, Any] | None = None
+
+
+@dataclass
+class CheckResult:
+    """Items of a submission, its problems (errors: reject all) and warnings (go ahead)."""
+
+    items: list[ItemSpec] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no row has an error."""
+        return not self.problems
+
+    def by_model(self) -> dict[str, int]:
+        """Item count per model id, most frequent first."""
+        return dict(Counter(item.model for item in self.items).most_common())
+
+    def summary(self) -> dict[str, Any]:
+        """`{"items": N, "by_model": {model: N}}` for `rcbatch validate --json`."""
+        return {"items": len(self.items), "by_model": self.by_model()}
+
+    def as_json(self) -> dict[str, Any]:
+        """The whole `validate --json` answer: the summary plus errors and warnings."""
+        return {**self.summary(), "errors": [p.as_dict() for p in self.problems],
+                "warnings": [p.as_dict() for p in self.warnings]}
+
+    def raise_if_invalid(self) -> None:
+        """Raise `ValidationFailed` listing every problem when there is any."""
+        if self.problems:
+            raise ValidationFailed(self.problems)
+
+
+def model_tag(model: str) -> str:
+    """The short prefix of generated ids for `model` (`t2i`, `edit`, `i2v`, `seq`)."""
+    return _TAGS.get(model.rsplit("/", 1)[-1], "item")
+
+
+def stable_id(model: str, body: dict[str, Any]) -> str:
+    """The id of an item without one: model tag plus a hash of model and canonical input."""
+    canonical = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    payload = (model + "\n" + canonical).encode("utf-8", "surrogatepass")
+    return f"{model_tag(model)}-{hashlib.sha256(payload).hexdigest()[:16]}"
+
+
+def check_rows(rows: Iterable[Row], *, allow_loopback_http: bool = True) -> CheckResult:
+    """Validate every row against its model and the id rules; never raises for bad rows.
+
+    Duplicate ids (given or generated) are reported on the later row, naming the earlier.
+    """
+    checker = _Checker(allow_loopback_http)
+    for row in rows:
+        checker.check(row)
+    return checker.result
+
+
+def read_and_check(paths: Sequence[Path], *, default_model: str | None = None,
+                   allow_loopback_http: bool = True,
+                   sweep: Mapping[str, list[Any]] | None = None,
+                   repeat: int | None = None) -> CheckResult:
+    """Read every file of one submission, expand its sweeps, and check all rows together.
+
+    `sweep` and `repeat` apply to every row (the `--sweep` and `--repeat` options).
+    Problems come sorted by file (in the order given) and line.
+    """
+    rows: list[Row] = []
+    read_problems: list[Problem] = []
+    for path in paths:
+        result = read_rows(Path(path), default_model=default_model)
+        expanded, sweep_problems = expand_rows(result.rows, cli_sweep=sweep, repeat=repeat)
+        rows.extend(expanded)
+        read_problems.extend(result.problems + sweep_problems)
+    checked = check_rows(rows, allow_loopback_http=allow_loopback_http)
+    order: dict[str, int] = {}
+    for index, path in enumerate(paths):
+        order.setdefault(one_line(str(path)), index)
+
+    def key(problem: Problem) -> tuple[int, int]:
+        return order.get(problem.file, len(order)), problem.line
+
+    # A swept row's expansions share its line: report each problem of that line once.
+    checked.problems = sorted(dict.fromkeys(read_problems + checked.problems), key=key)
+    checked.warnings = sorted(dict.fromkeys(checked.warnings), key=key)
+    return checked
+
+
+class _Checker:
+    """Checks rows one by one, remembering the ids seen so far."""
+
+    def __init__(self, allow_loopback_http: bool) -> None:
+        self.allow_loopback_http = allow_loopback_http
+        self.result = CheckResult()
+        self.seen: dict[str, tuple[str, int, bool]] = {}  # id -> file, line, generated
+
+    def check(self, row: Row) -> None:
+        """Check one row; append its item, or its problems."""
+        before = len(self.result.problems)
+        model = row.data.get("model")
+        body = {k: v for k, v in row.data.items() if k not in catalogue.RESERVED_FIELDS}
+        given_id = self._given_id(row)
+        self._check_model(row, model, body)
+        if given_id is not None:
+            self._claim(row, given_id, generated=False)
+        clean = not row.rejected_fields and len(self.result.problems) == before
+        if clean and isinstance(model, str) and model in catalogue.MODELS:
+            self._add_item(row, model, body, given_id)
+
+    def _check_model(self, row: Row, model: Any, body: dict[str, Any]) -> None:
+        """Report a missing model, else everything the catalogue finds (unknown model too)."""
+        if model is None or model == "":
+            known = ", ".join(sorted(catalogue.MODELS))
+            self._problem(row, "model", f"missing: add a model column or field, or pass "
+                          f"--model (known models: {known})")
+        else:
+            self._validate(row, model, body)
+
+    def _add_item(self, row: Row, model: str, body: dict[str, Any], item_id: str | None) -> None:
+        """Append the item of a valid row, unless its generated id repeats an earlier row's."""
+        if item_id is None:
+            item_id = stable_id(model, body)
+            if row.sweep and row.sweep.get("repeat"):
+                item_id += f"-r{row.sweep['repeat']}"
+            if not self._claim(row, item_id, generated=True):
+                return
+        self.result.items.append(ItemSpec(item_id, row.file, row.line, model, body, row.sweep))
+
+    def _problem(self, row: Row, field_name: str, message: str) -> None:
+        self.result.problems.append(
+            Problem(row.file, row.line, one_line(field_name), one_line(message)))
+
+    def _given_id(self, row: Row) -> str | None:
+        """The row's own id as a string, None when not given (or reported invalid)."""
+        value = row.data.get("id")
+        if value is None:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        message = _id_problem(value)
+        if message is None:
+            # Every expansion of a swept row needs its own id: the row's id plus a stable
+            # suffix naming its combination.
+            return f"{value}-{sweep_suffix(row.sweep)}" if row.sweep else str(value)
+        self._problem(row, "id", message)
+        return None
+
+    def _validate(self, row: Row, model: Any, body: dict[str, Any]) -> None:
+        """Turn the catalogue's issues with `body` into problems and warnings."""
+        issues = catalogue.validate(model, body, allow_loopback_http=self.allow_loopback_http)
+        for issue in issues:
+            if issue.field.split("[", 1)[0] in row.rejected_fields:
+                continue  # the reader already said why this field is unusable
+            problem = Problem(row.file, row.line, one_line(issue.field or ROW_FIELD),
+                              one_line(issue.message))
+            if issue.severity == "warning":
+                self.result.warnings.append(problem)
+            else:
+                self.result.problems.append(problem)
+
+    def _claim(self, row: Row, item_id: str, *, generated: bool) -> bool:
+        """Register `item_id` for `row`; False (and a problem) when an earlier row has it."""
+        earlier = self.seen.get(item_id)
+        if earlier is None:
+            self.seen[item_id] = (row.file, row.line, generated)
+            return True
+        file, line, earlier_generated = earlier
+        if generated and earlier_generated:
+            self._problem(row, ROW_FIELD, f"same input as {file}:{line}; give each an id or "
+                          "use a sweep with repeat")
+        else:
+            self._problem(row, "id", f"duplicate id {item_id!r}: already used at {file}:{line}")
+        return False
+
+
+def _id_problem(value: Any) -> str | None:
+    """Why `value` cannot be an item id, or None when it can."""
+    if not isinstance(value, str):
+        return "must be a string or an integer"
+    if not value:
+        return "must not be empty"
+    if len(value) > MAX_ID_LENGTH:
+        return f"is {len(value)} characters long; the limit is {MAX_ID_LENGTH}"
+    if not _ID_RE.fullmatch(value):
+        return "may use only letters A-Z and a-z, digits 0-9, '.', '_' and '-'"
+    if not any(c.isalnum() for c in value):
+        return "must contain a letter or a digit"
+    return None

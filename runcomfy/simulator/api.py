@@ -1,0 +1,208 @@
+"""The four Model API endpoints, shaped as runcomfy-api/WIRE.md describes them.
+
+Every API request first advances the clock, then meets the injected faults (503, 429, a
+dropped connection), then the token check, then its handler; a "slow" answer is held back
+`slow_seconds` before it is sent. `/status` reads `completed` for a failed job and `/result`
+says `failed` with an error object (the WIRE.md guess). Queue positions are 1-based among the
+token's own queued jobs. Error codes 429001 and 503001 are the simulator's own inventions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from runcomfy.simulator import validation
+from runcomfy.simulator.config import SimulatorConfig
+from runcomfy.simulator.connection import DropConnection
+from runcomfy.simulator.engine import Job
+from runcomfy.simulator.faults import RequestFaults, RequestKind
+from runcomfy.simulator.outputs import SIM_MODELS
+from runcomfy.simulator.state import SimState
+from runcomfy.simulator.stats import iso
+
+STATUS_NAMES = {"queued": "in_queue", "running": "in_progress", "succeeded": "completed",
+                "failed": "completed", "cancelled": "cancelled"}
+RESULT_NAMES = {"queued": "in_queue", "running": "in_progress", "succeeded": "succeeded",
+                "failed": "failed", "cancelled": "cancelled"}
+
+
+@dataclass(frozen=True)
+class Call:
+    """One authenticated API request on its way through a handler."""
+
+    request: Request
+    sim: SimState
+    owner: str
+    faults: RequestFaults
+    now: float
+
+    def base_url(self) -> str:
+        """Where the simulator is reached, for the absolute URLs it hands out."""
+        return self.sim.config.public_url or str(self.request.base_url).rstrip("/")
+
+
+def error(status: int, code: int, kind: str, message: str) -> JSONResponse:
+    """An error answer in the API's documented shape."""
+    return JSONResponse({"error_code": code, "error_type": kind, "error_message": message},
+                        status_code=status)
+
+
+def owner_of(request: Request, config: SimulatorConfig) -> str | None:
+    """A digest of the caller's Bearer token (None when refused); the token is never kept."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    expected = config.token
+    if expected is not None and not hmac.compare_digest(token.encode(), expected.encode()):
+        return None
+    return hashlib.sha256(token.encode()).hexdigest()[:24]
+
+
+def _injected(sim: SimState, faults: RequestFaults) -> Response | None:
+    if faults.fail_5xx:
+        sim.stats.faults["fail_5xx"] += 1
+        return error(503, 503001, "ServiceUnavailable", "service unavailable (simulated)")
+    if faults.fail_429:
+        sim.stats.faults["fail_429"] += 1
+        answer = error(429, 429001, "TooManyRequests", "too many requests (simulated)")
+        answer.headers["Retry-After"] = str(sim.config.retry_after)
+        return answer
+    if faults.drop:
+        sim.stats.faults["drop"] += 1
+        raise DropConnection
+    return None
+
+
+Handler = Callable[[Call], Awaitable[Response]]
+
+
+def api_endpoint(kind: RequestKind, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap a handler with the clock, fault injection, the token check and slow answers."""
+    async def endpoint(request: Request) -> Response:
+        sim: SimState = request.app.state.sim
+        now = sim.engine.advance()
+        sim.stats.note_request(kind)
+        faults = sim.plan.for_request(kind)
+        answer = _injected(sim, faults)
+        if answer is None:
+            owner = owner_of(request, sim.config)
+            answer = (await handler(Call(request, sim, owner, faults, now)) if owner else
+                      error(401, 400004, "UserAccountError", "missing or invalid API token"))
+        if faults.slow:
+            sim.stats.faults["slow"] += 1
+            await asyncio.sleep(sim.config.slow_seconds)
+        return answer
+    return endpoint
+
+
+def _urls(base: str, request_id: str) -> dict[str, str]:
+    root = f"{base}/v1/requests/{request_id}"
+    return {"status_url": f"{root}/status", "result_url": f"{root}/result",
+            "cancel_url": f"{root}/cancel"}
+
+
+async def _json_body(request: Request) -> Any:
+    try:
+        return json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+async def submit(call: Call) -> Response:
+    """POST /v1/models/{model_id}: validate, accept, answer with the request's URLs."""
+    model = SIM_MODELS.get(call.request.path_params["model_id"])
+    if model is None:
+        return error(400, 400001, "InvalidResourceIdentifier", "unknown model id")
+    body = await _json_body(call.request)
+    rejected = validation.check(model.model_id, body, strict=call.sim.config.strict)
+    if rejected is not None:
+        call.sim.stats.rejected_submits += 1
+        return rejected
+    job = call.sim.create_job(call.owner, model, body, call.now)
+    if call.faults.lost_submit:
+        call.sim.stats.lost_submits += 1
+        call.sim.stats.faults["lost_submit"] += 1
+        raise DropConnection
+    return JSONResponse({"request_id": job.request_id, **_urls(call.base_url(), job.request_id)})
+
+
+def _job(call: Call) -> Job | Response:
+    job = call.sim.engine.get(call.request.path_params["request_id"])
+    if job is None:
+        return error(404, 404001, "ResourceNotFound", "unknown request id")
+    if job.owner != call.owner:
+        return error(403, 403001, "PermissionDeniedError", "request belongs to another user")
+    return job
+
+
+async def status(call: Call) -> Response:
+    """GET /v1/requests/{id}/status."""
+    job = _job(call)
+    if isinstance(job, Response):
+        return job
+    body: dict[str, Any] = {"request_id": job.request_id, "status": STATUS_NAMES[job.state]}
+    position = call.sim.engine.queue_position(job)
+    if position is not None:
+        body["queue_position"] = position
+    urls = _urls(call.base_url(), job.request_id)
+    return JSONResponse({**body, "status_url": urls["status_url"],
+                         "result_url": urls["result_url"]})
+
+
+async def result(call: Call) -> Response:
+    """GET /v1/requests/{id}/result (`?include_cost=true` adds `cost` in USD)."""
+    job = _job(call)
+    if isinstance(job, Response):
+        return job
+    engine = call.sim.engine
+    body: dict[str, Any] = {"request_id": job.request_id, "status": RESULT_NAMES[job.state],
+                            "created_at": iso(engine, job.created)}
+    if job.started is not None:
+        body["started_at"] = iso(engine, job.started)
+    if job.finished is not None:
+        body["finished_at"] = iso(engine, job.finished)
+    if job.state == "succeeded":
+        body["output"] = _output(call.base_url(), job)
+    elif job.state == "failed":
+        body["error"] = {"code": "generation_failed", "message": "the job failed (simulated)"}
+    if call.request.query_params.get("include_cost", "").lower() == "true":
+        succeeded = job.state == "succeeded"
+        files = len(job.outputs.files)
+        body["cost"] = SIM_MODELS[job.model_id].cost(job.body, files) if succeeded else 0.0
+    return JSONResponse(body)
+
+
+def _output(base: str, job: Job) -> dict[str, Any]:
+    urls = [f"{base}/_sim/outputs/{job.request_id}/{f.n}.{f.ext}" for f in job.outputs.files]
+    key = job.outputs.key
+    return {key: urls if key.endswith("s") else urls[0]}
+
+
+async def cancel(call: Call) -> Response:
+    """POST /v1/requests/{id}/cancel: only a queued job is cancelled."""
+    job = _job(call)
+    if isinstance(job, Response):
+        return job
+    done = call.sim.engine.cancel(job, call.now)
+    return JSONResponse({"request_id": job.request_id, "status": STATUS_NAMES[job.state],
+                         "outcome": "cancelled" if done else "not_cancellable"},
+                        status_code=202)
+
+
+ROUTES = [
+    Route("/v1/models/{model_id:path}", api_endpoint("submit", submit), methods=["POST"]),
+    Route("/v1/requests/{request_id}/status", api_endpoint("status", status), methods=["GET"]),
+    Route("/v1/requests/{request_id}/result", api_endpoint("result", result), methods=["GET"]),
+    Route("/v1/requests/{request_id}/cancel", api_endpoint("cancel", cancel), methods=["POST"]),
+]
