@@ -40,8 +40,10 @@ class Settings(BaseSettings):
     http_read_timeout: float = Field(default=60.0, gt=0)
     preflight_concurrency: int = Field(default=8, ge=1)
     log_level: str = Field(default="INFO")
+    prices: dict[str, float] = Field(
+        default_factory=dict, description="USD per job by model id, over config/prices.py's")
     schedules_file: Path | None = Field(
-        default=None, description="JSON list of recurring runs: name, cron, spec (worker/schedules.py)")
+        default=None, description="JSON list of recurring runs (worker/schedules.py)")
 
     @field_validator("state_dir")
     @classmethod

@@ -6,9 +6,10 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from config.prices import estimate
 from producer.spec import ItemSpec
 from worker.state import NewItem, Registration, Store
 
@@ -28,20 +29,37 @@ def new_batch_id(now: float | None = None) -> str:
 
 
 def register_batch(store: Store, items: Sequence[ItemSpec], *, name: str, bucket_url: str,
-                   sources: Sequence[str], start: bool = True,
-                   start_at: float | None = None) -> Registration:
-    """Create the batch `name` (or extend the existing one) with `items`; nothing is sent."""
+                   sources: Sequence[str], start: bool = True, start_at: float | None = None,
+                   max_cost: float | None = None,
+                   prices: Mapping[str, float] | None = None) -> Registration:
+    """Create the batch `name` (or extend the existing one) with `items`; nothing is sent.
+
+    `max_cost` (USD) caps what the batch may reserve: each submission reserves its
+    estimated cost first, atomically, so workers together never pass it.
+    """
     bid = store.batch_id_for_name(name) or new_batch_id()
     record = {"name": name, "bucket_url": bucket_url, "sources": "\n".join(sources)}
     if start_at is not None:
         record["start_at"] = str(start_at)
+    if max_cost is not None:
+        record["max_cost"] = repr(float(max_cost))
+        if store.batch(bid):  # resuming under a new cap: the new cap applies
+            store.set_batch(bid, max_cost=record["max_cost"])
     new_items = (NewItem(item_id=s.item_id, file=s.file, line=s.line, model=s.model,
-                         input=s.input, extra=_extra(s)) for s in items)
+                         input=s.input, extra=_extra(s, prices)) for s in items)
     registration = store.register(bid, record, new_items, start=start)
     if start and (store.batch(bid) or {}).get("state") == "paused":
         store.set_batch(bid, state="running", pause_reason="")  # submitting again resumes
     return registration
 
 
-def _extra(spec: ItemSpec) -> dict[str, str]:
-    return {"sweep": json.dumps(spec.sweep, ensure_ascii=False)} if spec.sweep else {}
+def _extra(spec: ItemSpec, prices: Mapping[str, float] | None) -> dict[str, str]:
+    extra = {"estimate": repr(estimate(spec.model, spec.input, prices))}
+    if spec.sweep:
+        extra["sweep"] = json.dumps(spec.sweep, ensure_ascii=False)
+    return extra
+
+
+def estimate_total(items: Sequence[ItemSpec], prices: Mapping[str, float] | None) -> float:
+    """The estimated USD cost of all items (config/prices.py)."""
+    return sum(estimate(i.model, i.input, prices) for i in items)

@@ -20,7 +20,9 @@ from config import Settings, load_settings
 from rcbatch.cmd_validate import (
     Expansion,
     check_files,
+    cost_line,
     files_argument,
+    max_cost_option,
     model_option,
     print_problems,
     repeat_option,
@@ -48,10 +50,12 @@ from rcbatch.supervisor import Supervisor
 @model_option
 @sweep_option
 @repeat_option
+@max_cost_option
 @click.option("--no-preflight", is_flag=True, help="Do not fetch input images to check them.")
 def run(files: tuple[Path, ...], simulate: bool, simulate_args: str, bucket_url: str | None,
         workers: int, concurrency: int, name: str | None, default_model: str | None,
-        sweeps: tuple[str, ...], repeat: int | None, no_preflight: bool) -> None:
+        sweeps: tuple[str, ...], repeat: int | None, max_cost: float | None,
+        no_preflight: bool) -> None:
     """Run FILES end to end and wait until every item is done."""
     settings = load_settings(bucket_url=bucket_url)
     token = settings.token_value() or (f"sim-{secrets.token_hex(8)}" if simulate else None)
@@ -65,12 +69,13 @@ def run(files: tuple[Path, ...], simulate: bool, simulate_args: str, bucket_url:
                           settings=settings, expansion=Expansion.from_options(sweeps, repeat),
                           simulated=simulate)
     print_problems(checked.warnings, warning=True)
+    click.echo(f"{len(checked.items)} items; {cost_line(checked.items, settings)}", err=True)
     from producer.batch import default_name
 
     batch_name = name or default_name(files)
     try:
         code = _run(settings, token, checked.items, batch_name, files, simulate,
-                    shlex.split(simulate_args), workers, concurrency)
+                    shlex.split(simulate_args), workers, concurrency, max_cost)
     except KeyboardInterrupt:
         click.echo(f"\nrcbatch: interrupted; the batch is saved. Resume with the same command "
                    f"(batch name {batch_name!r}).", err=True)
@@ -80,7 +85,7 @@ def run(files: tuple[Path, ...], simulate: bool, simulate_args: str, bucket_url:
 
 def _run(settings: Settings, token: str, items: list[Any], batch_name: str,
          files: tuple[Path, ...], simulate: bool, sim_options: list[str], workers: int,
-         concurrency: int) -> int:
+         concurrency: int, max_cost: float | None) -> int:
     from producer.batch import register_batch
     from worker.celery_app import configure
     from worker.state import Store
@@ -108,7 +113,8 @@ def _run(settings: Settings, token: str, items: list[Any], batch_name: str,
         store = Store(client)
         reg = register_batch(store, items, name=batch_name,
                              bucket_url=settings.resolved_bucket_url(),
-                             sources=[str(f) for f in files])
+                             sources=[str(f) for f in files], max_cost=max_cost,
+                             prices=settings.prices)
         click.echo(f"batch {reg.batch_id} ({batch_name}): {reg.added} new items, "
                    f"{reg.existing} already known", err=True)
         configure(run_settings)

@@ -13,6 +13,7 @@ import click
 import httpx
 
 from config import Settings, load_settings
+from producer.batch import estimate_total
 from producer.spec import CheckResult, ItemSpec, read_and_check
 from rcbatch.errors import InputError, Problem, ValidationFailed
 
@@ -24,6 +25,9 @@ preflight_option = click.option("--no-preflight", is_flag=True,
                                 help="Do not fetch input images to check them.")
 sweep_option = click.option("--sweep", "sweeps", multiple=True, metavar="FIELD=V1,V2",
                             help="Sweep FIELD over these values for every row (repeatable).")
+max_cost_option = click.option(
+    "--max-cost", type=click.FloatRange(min=0), metavar="USD",
+    help="Never reserve more than USD for this batch (estimates; the rest stays pending).")
 repeat_option = click.option("--repeat", type=click.IntRange(1, 1000), default=None,
                              help="Run each combination N times (distinct seeds).")
 
@@ -111,6 +115,12 @@ def run_preflight(items: Sequence[ItemSpec], settings: Settings) -> dict[str, li
     return found
 
 
+def cost_line(items: Sequence[ItemSpec], settings: Settings) -> str:
+    """`estimated cost: $X.XX` (estimates from config/prices.py, see README)."""
+    total = estimate_total(items, settings.prices)
+    return f"estimated cost: ${total:.2f} (estimates; set RCBATCH_PRICES to your prices)"
+
+
 def print_problems(problems: Sequence[Problem], *, warning: bool = False) -> None:
     """One line per problem on stderr: `FILE:LINE: FIELD: message`."""
     for problem in problems:
@@ -144,12 +154,15 @@ def validate(files: tuple[Path, ...], default_model: str | None, no_preflight: b
     if as_json:
         click.echo(json.dumps({"items": len(checked.items), "by_model": checked.by_model,
                                "errors": [],
-                               "warnings": [w.as_dict() for w in checked.warnings]}))
+                               "warnings": [w.as_dict() for w in checked.warnings],
+                               "estimated_cost_usd": round(estimate_total(
+                                   checked.items, settings.prices), 4)}))
         return
     print_problems(checked.warnings, warning=True)
     click.echo(f"{len(checked.items)} items valid")
     for model, count in sorted(checked.by_model.items()):
         click.echo(f"  {model}: {count}")
+    click.echo(cost_line(checked.items, settings))
 
 
 @click.command()
@@ -160,10 +173,11 @@ def validate(files: tuple[Path, ...], default_model: str | None, no_preflight: b
 @repeat_option
 @click.option("--name", help="Batch name; submitting again under a name resumes that batch.")
 @click.option("--at", "at", metavar="WHEN", help="Start at this time (HH:MM or ISO 8601).")
+@max_cost_option
 @click.option("--json", "as_json", is_flag=True, help="Print {batch_id, items} as JSON.")
 def submit(files: tuple[Path, ...], default_model: str | None, no_preflight: bool,
            sweeps: tuple[str, ...], repeat: int | None, name: str | None, at: str | None,
-           as_json: bool) -> None:
+           max_cost: float | None, as_json: bool) -> None:
     """Validate FILES and register a batch for running workers; returns at once."""
     from producer.batch import default_name, register_batch
     from rcbatch.schedule import parse_when
@@ -185,7 +199,7 @@ def submit(files: tuple[Path, ...], default_model: str | None, no_preflight: boo
     reg = register_batch(Store(client), checked.items, name=name or default_name(files),
                          bucket_url=settings.resolved_bucket_url(),
                          sources=[str(f) for f in files], start=start_at is None,
-                         start_at=start_at)
+                         start_at=start_at, max_cost=max_cost, prices=settings.prices)
     configure(settings)
     CeleryPublisher().dispatch()
     if as_json:

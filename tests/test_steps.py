@@ -259,3 +259,29 @@ def test_a_running_job_of_a_cancelled_batch_still_lands(h: Harness) -> None:
     h.drive()
     assert h.state(iid) == keys.COMPLETED  # paid for, so its outputs are kept
     assert h.api.calls("cancel") == []
+
+
+def test_a_budget_admits_exactly_what_it_affords_and_holds_the_rest() -> None:
+    h = Harness(Limits(max_in_flight=30, submit_rate=1000))
+    specs = [NewItem(f"i{k}", "in.jsonl", k + 1, MODEL, {"prompt": f"p{k}"},
+                     {"estimate": "0.03"}) for k in range(30)]
+    h.store.register("b", {"name": "b", "bucket_url": "memory://test", "max_cost": "0.3"},
+                     specs)
+    submission.dispatch(h.rt)
+    h.drive()
+    counts = h.store.counts("b")
+    assert len(h.api.calls("submit")) == 10
+    assert (counts["completed"], counts["pending"]) == (10, 20)
+    record = h.store.batch("b")
+    assert record["state"] == keys.BATCH_PAUSED and "budget" in record["pause_reason"]  # type: ignore[index]
+
+
+def test_a_refused_submission_gives_its_reservation_back() -> None:
+    h = Harness()
+    specs = [NewItem("i0", "in.jsonl", 1, MODEL, {"prompt": "p"}, {"estimate": "0.03"})]
+    h.store.register("b", {"name": "b", "bucket_url": "memory://test", "max_cost": "1"},
+                     specs)
+    h.api.fail_next("submit", status=422, body={"error_message": "no"})
+    submission.dispatch(h.rt)
+    h.drive()
+    assert float(h.store.batch("b")["reserved_cost"]) == pytest.approx(0.0)  # type: ignore[index]

@@ -42,6 +42,8 @@ def manifest_line(record: Mapping[str, str]) -> dict[str, Any]:
         "submitted_at": _iso(record.get("submitted_at")),
         "finished_at": _iso(record.get("finished_at")),
     }
+    if record.get("estimate"):
+        line["estimated_cost"] = float(record["estimate"])
     if record.get("cost"):
         line["cost"] = float(record["cost"])
     if record.get("history"):

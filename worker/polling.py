@@ -39,7 +39,7 @@ def poll(rt: Runtime, bid: str, iid: str, seq: int) -> None:
     if state == keys.SUBMITTED and _cancelled_remotely(rt, bid, iid, item, seq):
         return
     try:
-        answer = rt.run(rt.client.result(item["request_id"]))
+        answer = rt.run(rt.client.result(item["request_id"], include_cost=True))
     except RetryLater as exc:
         _after_error(rt, bid, iid, item, seq, exc, exc.retry_after)
     except AccountError as exc:

@@ -103,3 +103,27 @@ redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
 redis.call('EXPIRE', KEYS[1], 3600)
 return tostring(wait)
 """
+
+# Reserve an item's estimated cost against its batch's budget, once per item.
+# KEYS: batch, item   ARGV: estimate   -> 1 reserved (or no budget), 0 over budget
+RESERVE = """
+if redis.call('HGET', KEYS[2], 'reserved') == '1' then return 1 end
+local cap = redis.call('HGET', KEYS[1], 'max_cost')
+local est = tonumber(ARGV[1])
+if cap and cap ~= '' then
+  local used = tonumber(redis.call('HGET', KEYS[1], 'reserved_cost') or '0')
+  if used + est > tonumber(cap) + 1e-9 then return 0 end
+end
+redis.call('HINCRBYFLOAT', KEYS[1], 'reserved_cost', ARGV[1])
+redis.call('HSET', KEYS[2], 'reserved', '1')
+return 1
+"""
+
+# Give an item's reservation back (its submission certainly created no job).
+# KEYS: batch, item   ARGV: estimate
+REFUND = """
+if redis.call('HGET', KEYS[2], 'reserved') ~= '1' then return 0 end
+redis.call('HINCRBYFLOAT', KEYS[1], 'reserved_cost', -tonumber(ARGV[1]))
+redis.call('HSET', KEYS[2], 'reserved', '0')
+return 1
+"""

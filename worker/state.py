@@ -70,6 +70,8 @@ class Store:
         self._begin = client.register_script(scripts.BEGIN_STEP)
         self._claim = client.register_script(scripts.CLAIM)
         self._rate = client.register_script(scripts.RATE_ACQUIRE)
+        self._reserve = client.register_script(scripts.RESERVE)
+        self._refund = client.register_script(scripts.REFUND)
 
     # --- batches -------------------------------------------------------------------------
 
@@ -223,6 +225,15 @@ class Store:
     def in_flight(self) -> int:
         """How many slots are held right now (expired leases excluded)."""
         return int(self.redis.zcount(keys.INFLIGHT, self.clock(), "+inf"))
+
+    def reserve_cost(self, bid: str, iid: str, estimate: float) -> bool:
+        """Reserve an item's estimated cost against the batch's budget (atomic, once)."""
+        return bool(self._reserve(keys=[keys.batch(bid), keys.item(bid, iid)],
+                                  args=[repr(float(estimate))]))
+
+    def refund_cost(self, bid: str, iid: str, estimate: float) -> None:
+        """Give back an item's reservation: its submission created no job."""
+        self._refund(keys=[keys.batch(bid), keys.item(bid, iid)], args=[repr(float(estimate))])
 
     # --- shared limits and pacing --------------------------------------------------------
 

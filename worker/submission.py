@@ -56,7 +56,29 @@ def submit(rt: Runtime, bid: str, iid: str, token: str) -> None:
     if wait > 0:
         _defer(rt, bid, iid, token, wait)
         return
+    if not _within_budget(rt, bid, iid, token):
+        return
     _send(rt, bid, iid, token)
+
+
+def _within_budget(rt: Runtime, bid: str, iid: str, token: str) -> bool:
+    """Reserve the item's estimated cost; past the batch's cap, hold the batch."""
+    estimate = _estimate(rt, bid, iid)
+    if rt.store.reserve_cost(bid, iid, estimate):
+        return True
+    record = rt.store.batch(bid) or {}
+    reason = (f"budget reached: ${float(record.get('reserved_cost') or 0):.2f} of "
+              f"${float(record.get('max_cost') or 0):.2f} reserved; the rest stays pending")
+    rt.store.set_batch(bid, state=keys.BATCH_PAUSED, pause_reason=reason)
+    ok, _ = rt.store.transition(bid, iid, expect=(keys.CLAIMED,), to=keys.PENDING,
+                                guard=("token", token), due=REMOVE, inflight=REMOVE)
+    if ok:
+        rt.store.requeue(bid, iid)
+    return False
+
+
+def _estimate(rt: Runtime, bid: str, iid: str) -> float:
+    return float((rt.store.item(bid, iid) or {}).get("estimate") or 0.0)
 
 
 def _held_back(rt: Runtime, bid: str, iid: str, token: str) -> bool:
@@ -100,12 +122,14 @@ def _send(rt: Runtime, bid: str, iid: str, token: str) -> None:
     except RetryLater as exc:
         _retry_submit(rt, bid, iid, attempt, exc)
     except AccountError as exc:
+        rt.store.refund_cost(bid, iid, _estimate(rt, bid, iid))
         pause_batch(rt, bid, exc)
         ok, _ = rt.store.transition(bid, iid, expect=(keys.SUBMITTING,), to=keys.PENDING,
                                     guard=("attempt_id", attempt), due=REMOVE, inflight=REMOVE)
         if ok:
             rt.store.requeue(bid, iid)
     except RcbatchError as exc:
+        rt.store.refund_cost(bid, iid, _estimate(rt, bid, iid))  # refused: no job, no cost
         rt.finish(bid, iid, expect=(keys.SUBMITTING,), to=keys.FAILED,
                   guard=("attempt_id", attempt), error=exc.as_record())
     else:
@@ -133,6 +157,7 @@ def _retry_submit(rt: Runtime, bid: str, iid: str, attempt: str, exc: RetryLater
     if isinstance(exc, RateLimited):
         rt.store.cool_down(exc.retry_after or 5.0)
     if errors > rt.limits.max_step_errors:
+        rt.store.refund_cost(bid, iid, _estimate(rt, bid, iid))
         rt.finish(bid, iid, expect=(keys.SUBMITTING,), to=keys.FAILED,
                   guard=("attempt_id", attempt), error=exc.as_record())
         return
