@@ -88,6 +88,7 @@ def _run(settings: Settings, token: str, items: list[Any], batch_name: str,
          concurrency: int, max_cost: float | None) -> int:
     from producer.batch import register_batch
     from worker.celery_app import configure
+    from worker.reconciler import redrive_batch
     from worker.state import Store
     from worker.tasks import CeleryPublisher, refresh_manifest
     from worker.wiring import build_runtime, check_redis, redis_client
@@ -119,9 +120,11 @@ def _run(settings: Settings, token: str, items: list[Any], batch_name: str,
                    f"{reg.existing} already known", err=True)
         configure(run_settings)
         publisher = CeleryPublisher()
+        rt = build_runtime(run_settings, publisher)
+        if reg.existing:
+            redrive_batch(rt, reg.batch_id)  # resuming: pick up in-flight items at once
         publisher.dispatch()
         counts = follow(store, reg.batch_id, tick=sup.check)
-        rt = build_runtime(run_settings, publisher)
         url = refresh_manifest(rt, reg.batch_id)
         record = store.batch(reg.batch_id) or {}
         if record.get("state") == "paused":

@@ -77,3 +77,13 @@ def start_due_batches(rt: Runtime) -> list[str]:
             rt.log.bind(batch_id=bid).info("batch_started", scheduled_for=start_at)
             started.append(bid)
     return started
+
+
+def redrive_batch(rt: Runtime, bid: str) -> int:
+    """Re-drive every unfinished step of a batch now (after a restart), not after its grace."""
+    now = rt.clock()
+    members = [keys.member(bid, r["id"]) for r in rt.store.iter_items(bid)
+               if r.get("state") in (keys.CLAIMED, keys.SUBMITTING, *keys.IN_FLIGHT)]
+    if members:
+        rt.store.redis.zadd(keys.DUE, dict.fromkeys(members, now), xx=True)
+    return reconcile(rt) if members else 0

@@ -47,8 +47,9 @@ def submit(rt: Runtime, bid: str, iid: str, token: str) -> None:
         rt.item_log(bid, iid).debug("stale_submit", state=state)
         return
     if state == keys.SUBMITTING:
-        # Redelivered after a crash during the HTTP call: it may have reached the API.
-        _uncertain(rt, bid, iid, "the worker stopped while the submission was under way")
+        # Another copy of this nudge is sending it right now, or one crashed while sending:
+        # either way it may have reached the API. Never send again; the reconciler makes it
+        # submit_uncertain once its deadline passes without an answer being recorded.
         return
     if _held_back(rt, bid, iid, token):
         return
