@@ -106,12 +106,16 @@ def test_a_duplicated_poll_exits_without_rescheduling(h: Harness) -> None:
     assert [k for k, _, _ in h.publisher.sent] == ["poll"]
 
 
-def test_a_submit_redelivered_after_a_crash_becomes_uncertain(h: Harness) -> None:
+def test_a_submit_redelivered_after_a_crash_is_never_sent_and_ends_uncertain(
+        h: Harness) -> None:
     [iid] = h.register(1)
-    [(_, _args, _)] = h.publisher.sent
     # The worker marked the item `submitting` and died during the HTTP call.
-    h.store.transition("b", iid, expect=(keys.CLAIMED,), to=keys.SUBMITTING)
-    h.drive()
+    h.store.transition("b", iid, expect=(keys.CLAIMED,), to=keys.SUBMITTING,
+                       due=h.clock.now + h.rt.limits.submit_due)
+    h.drive()  # the redelivered nudge
+    assert h.state(iid) == keys.SUBMITTING and h.api.calls("submit") == []
+    h.clock.now += h.rt.limits.submit_due + 1
+    reconciler.reconcile(h.rt)
     assert h.state(iid) == keys.SUBMIT_UNCERTAIN
     assert h.api.calls("submit") == []
 
