@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     http_connect_timeout: float = Field(default=10.0, gt=0)
     http_read_timeout: float = Field(default=60.0, gt=0)
     preflight_concurrency: int = Field(default=8, ge=1)
+    step_grace: float = Field(
+        default=60.0, gt=0,
+        description="seconds past a step's due time before the reconciler re-drives it")
     log_level: str = Field(default="INFO")
     prices: dict[str, float] = Field(
         default_factory=dict, description="USD per job by model id, over config/prices.py's")

@@ -44,7 +44,8 @@ def _redrive(rt: Runtime, bid: str, iid: str) -> int:
                   error={"kind": "submit_uncertain",
                          "message": "the submission's outcome was never recorded"})
     elif state in (keys.SUBMITTED, keys.RUNNING, keys.FETCHING):
-        _next_step(rt, bid, iid, item)
+        if not _next_step(rt, bid, iid, item):
+            return 0  # another sweep got there first
     else:
         rt.store.redis.zrem(keys.DUE, keys.member(bid, iid))
         return 0
@@ -52,18 +53,19 @@ def _redrive(rt: Runtime, bid: str, iid: str) -> int:
     return 1
 
 
-def _next_step(rt: Runtime, bid: str, iid: str, item: dict[str, str]) -> None:
+def _next_step(rt: Runtime, bid: str, iid: str, item: dict[str, str]) -> bool:
     seq = int(item.get("seq", 0))
     state = item["state"]
     ok, _ = rt.store.transition(bid, iid, expect=(state,), guard=("seq", str(seq)),
                                 due=rt.clock() + rt.limits.step_grace,
                                 values={"seq": seq + 1, "+redrives": 1})
     if not ok:
-        return
+        return False
     if state == keys.FETCHING:
         rt.publisher.fetch(bid, iid, seq + 1)
     else:
         rt.publisher.poll(bid, iid, seq + 1)
+    return True
 
 
 def start_due_batches(rt: Runtime) -> list[str]:

@@ -39,7 +39,7 @@ class Limits:
     #: how long a submit call may take before a crashed submit counts as uncertain
     submit_due: float = 180.0
     #: slack after a poll's or fetch's countdown before the reconciler re-drives it
-    step_grace: float = 90.0
+    step_grace: float = 60.0
     #: starts of the same step (crashes) before the item fails with kind worker_lost
     max_deliveries: int = 4
     #: transient failures of one step before the item fails

@@ -42,7 +42,7 @@ def api_client(settings: Any) -> RunComfyClient:
 def limits_from(settings: Any) -> Limits:
     """The pipeline limits from settings."""
     return Limits(max_in_flight=settings.max_in_flight, submit_rate=settings.submit_rate,
-                  max_output_bytes=settings.max_output_bytes)
+                  max_output_bytes=settings.max_output_bytes, step_grace=settings.step_grace)
 
 
 def build_runtime(settings: Any, publisher: Publisher) -> Runtime:
