@@ -76,3 +76,40 @@ def test_at_accepts_clock_times_and_iso() -> None:
     assert parse_when("2026-12-01T03:00:00+00:00", now) == ts("2026-12-01T03:00:00")
     with pytest.raises(InputError):
         parse_when("tomorrow", now)
+
+
+def test_two_beats_firing_together_register_one_batch(redis_url: str, tmp_path: Path) -> None:
+    """Real Redis, the real registration path, two 'beats' racing in threads."""
+    import threading
+
+    from config import Settings
+    from runcomfy.fake import FakeRunComfy
+    from worker.bucket import MemoryBucket
+    from worker.runtime import RecordingPublisher, Runtime
+    from worker.schedule_tasks import fire_schedules
+    from worker.state import Store
+    from worker.wiring import redis_client
+
+    spec = tmp_path / "nightly.jsonl"
+    spec.write_text('{"model": "bytedance/dreamina-4-0/text-to-image", "prompt": "x"}\n')
+    sched = tmp_path / "schedules.json"
+    sched.write_text(json.dumps([{"name": "nightly", "cron": "* * * * *", "spec": str(spec)}]))
+    settings = Settings(redis_url=redis_url, schedules_file=sched, state_dir=tmp_path)
+    store = Store(redis_client(redis_url))
+    first_seen = datetime.now(UTC).timestamp() - 120  # the schedule has been known a while
+    store.redis.set("rcb:schedule:nightly:since", str(first_seen))
+    started: list[str] = []
+
+    def beat() -> None:
+        rt = Runtime(store=Store(redis_client(redis_url)), client=FakeRunComfy().client(),
+                     buckets=lambda _u: MemoryBucket(), publisher=RecordingPublisher())
+        started.extend(fire_schedules(rt, settings))
+
+    threads = [threading.Thread(target=beat) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(started) == 1
+    assert store.all_batches() == started
+    assert store.counts(started[0])["pending"] == 1

@@ -35,7 +35,7 @@ TASK_TIME_LIMIT = 600
 QUEUE = "rcbatch"
 RECONCILE_EVERY = 5.0
 
-app = Celery("rcbatch", include=["worker.tasks"])
+app = Celery("rcbatch", include=["worker.tasks", "worker.schedule_tasks"])
 
 
 def celery_config(redis_url: str) -> dict[str, Any]:
@@ -70,6 +70,7 @@ def celery_config(redis_url: str) -> dict[str, Any]:
         "beat_schedule": {
             "reconcile": {"task": "rcbatch.reconcile",
                           "schedule": timedelta(seconds=RECONCILE_EVERY)},
+            "schedules": {"task": "rcbatch.schedules", "schedule": timedelta(seconds=30)},
         },
     }
 
