@@ -64,7 +64,9 @@ class Store:
     """Reads and changes batch and item records in one Redis database."""
 
     def __init__(self, client: redis.Redis, *, clock: Callable[[], float] = time.time) -> None:
-        self.redis = client
+        # redis-py types every sync command as "Awaitable | result" (one stub for both
+        # clients); Any keeps our code free of casts on each call.
+        self.redis: Any = client
         self.clock = clock
         self._transition = client.register_script(scripts.TRANSITION)
         self._begin = client.register_script(scripts.BEGIN_STEP)
