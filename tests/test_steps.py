@@ -289,3 +289,17 @@ def test_a_refused_submission_gives_its_reservation_back() -> None:
     submission.dispatch(h.rt)
     h.drive()
     assert float(h.store.batch("b")["reserved_cost"]) == pytest.approx(0.0)  # type: ignore[index]
+
+
+def test_each_state_change_is_one_event_with_the_item_and_request_bound(h: Harness) -> None:
+    import structlog
+
+    with structlog.testing.capture_logs() as events:
+        [iid] = h.register(1)
+        h.drive()
+    mine = [e for e in events if e.get("item_id") == iid]
+    names = [e["event"] for e in mine]
+    assert names[0] == "item_submitted" and names[-1] == "item_completed"
+    assert "item_fetching" in names
+    request_id = h.store.item("b", iid)["request_id"]  # type: ignore[index]
+    assert all(e["batch_id"] == "b" and e["request_id"] == request_id for e in mine)

@@ -96,7 +96,8 @@ def _still_waiting(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: i
     delay = rt.pacer.next_delay(item["model"], None if started is None else now - started,
                                 int(item.get("polls", 0)) + 1)
     to = keys.RUNNING if running else keys.SUBMITTED
-    _schedule(rt, bid, iid, seq, delay, values, to=to)
+    if _schedule(rt, bid, iid, seq, delay, values, to=to) and to != item.get("state"):
+        rt.item_log(bid, iid, item).info("item_" + to, state=to)
 
 
 def _succeeded(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
@@ -118,6 +119,8 @@ def _succeeded(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
                                 guard=("seq", str(seq)), due=now + rt.limits.step_grace,
                                 inflight=REMOVE, values=values)
     if ok:
+        rt.item_log(bid, iid, item).info("item_fetching", state=keys.FETCHING,
+                                         outputs=len(urls))
         rt.publisher.fetch(bid, iid, seq + 1)
         from worker.submission import dispatch  # late: avoids an import cycle
 
@@ -137,7 +140,7 @@ def _after_error(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int
 
 
 def _schedule(rt: Runtime, bid: str, iid: str, seq: int, delay: float,
-              values: dict[str, object], to: str = "") -> None:
+              values: dict[str, object], to: str = "") -> bool:
     now = rt.clock()
     ok, _ = rt.store.transition(
         bid, iid, expect=_REMOTE, to=to, guard=("seq", str(seq)),
@@ -145,3 +148,4 @@ def _schedule(rt: Runtime, bid: str, iid: str, seq: int, delay: float,
         values={**values, "seq": seq + 1, "deliveries": 0})
     if ok:
         rt.publisher.poll(bid, iid, seq + 1, countdown=delay)
+    return ok

@@ -136,7 +136,10 @@ class Runtime:
         ok, _ = self.store.transition(bid, iid, expect=expect, to=to, guard=guard, due=REMOVE,
                                       inflight=REMOVE, values=fields)
         if ok:
-            self.item_log(bid, iid).info("item_" + to, state=to, error=error)
+            request_id = self.store.redis.hget(keys.item(bid, iid), "request_id")
+            log = self.item_log(bid, iid).bind(request_id=request_id.decode()) \
+                if request_id else self.item_log(bid, iid)
+            log.info("item_" + to, state=to, error=error)
             self.after_terminal(bid)
         return ok
 
