@@ -43,7 +43,8 @@ def test_validate_counts_items_and_exits_0(tmp_path: Path) -> None:
 
 def test_bad_rows_give_one_line_each_and_exit_2_without_a_traceback(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"model": "%s", "prompt": "x", "scale": 3}\n{"model": "nope"}\n[1]\n' % T2I)
+    path.write_text(json.dumps({"model": T2I, "prompt": "x", "scale": 3})
+                    + '\n{"model": "nope"}\n[1]\n')
     done = rcbatch("validate", str(path), "--no-preflight")
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
