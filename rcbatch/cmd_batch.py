@@ -101,12 +101,14 @@ def retry(batch: str, only_failed: bool, all_failed: bool, uncertain: bool) -> N
 
 @click.command()
 @batch_argument
-def cancel(batch: str) -> None:
-    """Cancel BATCH for good: nothing more is submitted."""
+@click.option("--discard", is_flag=True,
+              help="Do not store the outputs of jobs already running (they are still paid).")
+def cancel(batch: str, discard: bool) -> None:
+    """Cancel BATCH for good: nothing more is submitted, queued remote jobs are cancelled."""
     settings = load_settings()
     with open_store(settings) as store:
         bid = resolve_batch(store, batch)
-        count = operations.cancel_batch(store, bid)
+        count = operations.cancel_batch(store, bid, discard=discard)
     click.echo(f"batch {bid} cancelled ({count} pending items cancelled)")
 
 

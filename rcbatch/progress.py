@@ -119,7 +119,7 @@ class _LineView(_View):
         now = time.monotonic()
         if line != self.last and (now - self.last_at >= 5 or done == total):
             elapsed = now - self.started
-            rate = done / elapsed if elapsed > 0 else 0.0
-            self.stream.write(f"[{elapsed:7.1f}s] {line} ({rate:.1f} items/s)\n")
+            rate = f" ({done / elapsed:.1f} items/s)" if elapsed >= 1 else ""
+            self.stream.write(f"[{elapsed:7.1f}s] {line}{rate}\n")
             self.stream.flush()
             self.last, self.last_at = line, now

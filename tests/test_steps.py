@@ -303,3 +303,15 @@ def test_each_state_change_is_one_event_with_the_item_and_request_bound(h: Harne
     assert "item_fetching" in names
     request_id = h.store.item("b", iid)["request_id"]  # type: ignore[index]
     assert all(e["batch_id"] == "b" and e["request_id"] == request_id for e in mine)
+
+
+def test_cancel_with_discard_stores_nothing_more(h: Harness) -> None:
+    from worker.operations import cancel_batch
+
+    [iid] = h.register(1)
+    h.step()  # submitted
+    h.step()  # running at the API
+    cancel_batch(h.store, "b", discard=True)
+    h.drive()
+    assert h.state(iid) == keys.CANCELLED
+    assert h.bucket.list_keys("b/") == [] and h.api.calls("download") == []

@@ -17,9 +17,14 @@ from worker.state import REMOVE, Store
 INPUT_FAULTS = ("api_rejected", "validation", "input", "insecure_url")
 
 
-def cancel_batch(store: Store, bid: str) -> int:
-    """Mark the batch cancelled (sticky) and cancel its pending items; returns how many."""
-    store.set_batch(bid, state=keys.BATCH_CANCELLED, cancelled_at=str(store.clock()))
+def cancel_batch(store: Store, bid: str, *, discard: bool = False) -> int:
+    """Mark the batch cancelled (sticky) and cancel its pending items; returns how many.
+
+    Jobs already running at the API are paid for: their outputs are still stored, unless
+    `discard`.
+    """
+    store.set_batch(bid, state=keys.BATCH_CANCELLED, cancelled_at=str(store.clock()),
+                    discard="1" if discard else "")
     cancelled = 0
     for record in store.iter_items(bid):
         ok, _ = store.transition(bid, record["id"], expect=(keys.PENDING,), to=keys.CANCELLED,

@@ -109,6 +109,12 @@ def _succeeded(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
         return
     start = float(item.get("started_at") or item.get("submitted_at") or now)
     rt.store.record_duration(item["model"], max(0.0, now - start))
+    record = rt.store.batch(bid) or {}
+    if record.get("state") == keys.BATCH_CANCELLED and record.get("discard"):
+        rt.finish(bid, iid, expect=_REMOTE, to=keys.CANCELLED, guard=("seq", str(seq)),
+                  error={"kind": "cancelled", "message": "the batch was cancelled; outputs "
+                                                         "discarded"})
+        return
     urls = [{"url": o.url, "kind": o.kind} for o in answer.outputs]
     values: dict[str, object] = {"output_urls": json.dumps(urls), "seq": seq + 1,
                                  "deliveries": 0, "step_errors": 0, "+polls": 1,
