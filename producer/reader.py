@@ -8,14 +8,20 @@ Every defect of the file itself (encoding, quoting, JSON syntax, cell types) bec
 from __future__ import annotations
 
 import csv
-import json
-import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from producer.cells import coerce_cell
+from producer.jsontext import (
+    NonFinite,
+    has_non_finite,
+    has_surrogate,
+    json_error,
+    json_loads,
+)
 from rcbatch.errors import Problem
 from runcomfy import catalogue
 
@@ -29,11 +35,7 @@ FILE_FIELD, ROW_FIELD, HEADER_FIELD = "(file)", "(row)", "(header)"
 _SKIP_CHUNK = 1 << 16
 _BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
-_INT_RE = re.compile(r"[+-]?[0-9]+")
-_NUM_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_BOOLS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -143,63 +145,6 @@ def _decoded_lines(fh: IO[bytes], sink: _Sink) -> Iterator[tuple[int, str | None
             yield lineno, None
 
 
-class _NonFinite:
-    """Stands in for NaN, Infinity or an overflowing number while a line is parsed."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-
-def _walk(value: Any) -> Iterator[Any]:
-    """Every value nested in `value` (and the keys of objects), without recursion."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        yield item
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-
-
-def _has_surrogate(value: Any) -> bool:
-    """True when some string in `value` holds a lone surrogate (it could not be sent)."""
-    return any(isinstance(v, str) and _SURROGATE.search(v) for v in _walk(value))
-
-
-def _has_non_finite(value: Any) -> bool:
-    """True when `value` holds NaN, Infinity or a number too large for a float."""
-    return any(isinstance(v, _NonFinite) for v in _walk(value))
-
-
-def _json_loads(text: str, duplicates: list[str] | None = None) -> Any:
-    """`json.loads` that marks non-finite numbers and records duplicate keys."""
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj: dict[str, Any] = {}
-        for key, value in items:
-            if key in obj and duplicates is not None:
-                duplicates.append(key)
-            obj[key] = value
-        return obj
-
-    def number(token: str) -> float | _NonFinite:
-        value = float(token)
-        return value if math.isfinite(value) else _NonFinite(token)
-
-    return json.loads(text, object_pairs_hook=pairs, parse_constant=_NonFinite,
-                      parse_float=number)
-
-
-def _json_error(exc: Exception) -> str:
-    """A one-line description of why a JSON text did not parse."""
-    if isinstance(exc, json.JSONDecodeError):
-        return f"{exc.msg} at column {exc.colno}"
-    if isinstance(exc, RecursionError):
-        return "nested too deeply"
-    return str(exc).split(":")[0]
-
-
 _KIND_NAMES = {dict: "an object", list: "an array", str: "a string", bool: "true/false",
                type(None): "null", int: "a number", float: "a number"}
 
@@ -229,12 +174,12 @@ def _jsonl_row(sink: _Sink, lineno: int, text: str, default_model: str | None) -
     """The row of one JSONL line, or None (with the problem recorded)."""
     duplicates: list[str] = []
     try:
-        value = _json_loads(text, duplicates)
+        value = json_loads(text, duplicates)
     except (ValueError, RecursionError) as exc:
-        sink.add(lineno, ROW_FIELD, f"not valid JSON: {_json_error(exc)}")
+        sink.add(lineno, ROW_FIELD, f"not valid JSON: {json_error(exc)}")
         return None
     if not isinstance(value, dict):
-        kind = "NaN/Infinity" if isinstance(value, _NonFinite) else _KIND_NAMES[type(value)]
+        kind = "NaN/Infinity" if isinstance(value, NonFinite) else _KIND_NAMES[type(value)]
         sink.add(lineno, ROW_FIELD, f"expected a JSON object, got {kind}")
         return None
     rejected = _reject_json_fields(sink, lineno, text, value, duplicates)
@@ -252,10 +197,10 @@ def _reject_json_fields(sink: _Sink, lineno: int, text: str, value: dict[str, An
         sink.add(lineno, key, "duplicate key in one JSON object; keep only one")
         rejected.add(key)
     for key, item in value.items():
-        if _has_non_finite(item):
+        if has_non_finite(item):
             sink.add(lineno, key, "NaN and Infinity are not allowed; use a finite number")
             rejected.add(key)
-        elif escapes and (_has_surrogate(item) or _has_surrogate(key)):
+        elif escapes and (has_surrogate(item) or has_surrogate(key)):
             sink.add(lineno, key, "contains a lone surrogate \\u escape, which is not text")
             rejected.add(key)
     return rejected
@@ -386,56 +331,3 @@ def _field_kinds(model: Any) -> dict[str, str]:
     except KeyError:
         spec = None
     return {name: f.kind for name, f in spec.fields.items()} if spec is not None else {}
-
-
-def _to_integer(text: str) -> int:
-    if not _INT_RE.fullmatch(text):
-        raise ValueError(f"expected an integer, got {text[:40]!r}")
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError("expected an integer, got one with too many digits") from None
-
-
-def _to_number(text: str) -> int | float:
-    if _INT_RE.fullmatch(text):
-        return _to_integer(text)  # as JSON would read it, so CSV and JSONL ids agree
-    value = float(text) if _NUM_RE.fullmatch(text) else None
-    if value is None or not math.isfinite(value):
-        raise ValueError(f"expected a number, got {text[:40]!r}")
-    return value
-
-
-def _to_boolean(text: str) -> bool:
-    if text.lower() not in _BOOLS:
-        raise ValueError(f"expected a boolean (true/false, yes/no, 1/0), got {text[:40]!r}")
-    return _BOOLS[text.lower()]
-
-
-def _to_array(text: str) -> list[Any]:
-    if not text.startswith("["):
-        return [part.strip() for part in text.split("|") if part.strip()]
-    try:
-        value = _json_loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"expected a JSON array or |-separated URLs; the JSON array is "
-                         f"not valid: {_json_error(exc)}") from None
-    if not isinstance(value, list) or _has_non_finite(value) or _has_surrogate(value):
-        raise ValueError("expected a JSON array (of finite numbers and text) or "
-                         "|-separated URLs")
-    return value
-
-
-_COERCERS: dict[str, Callable[[str], Any]] = {
-    "integer": _to_integer, "number": _to_number, "boolean": _to_boolean, "array": _to_array,
-}
-
-
-def coerce_cell(kind: str | None, cell: str) -> Any:
-    """Convert one non-empty CSV cell to the JSON value a field of `kind` takes.
-
-    Strings (and fields the model does not have) are kept exactly as written; a cell that
-    does not fit raises ValueError whose message names the expected type.
-    """
-    convert = _COERCERS.get(kind or "string")
-    return cell if convert is None else convert(cell.strip())
