@@ -21,12 +21,9 @@ from rcbatch.cmd_validate import (
     Expansion,
     check_files,
     cost_line,
-    files_argument,
     max_cost_option,
-    model_option,
     print_problems,
-    repeat_option,
-    sweep_option,
+    spec_options,
 )
 from rcbatch.embedded_redis import ensure_redis
 from rcbatch.errors import InputError
@@ -36,7 +33,7 @@ from rcbatch.supervisor import Supervisor
 
 
 @click.command()
-@files_argument
+@spec_options
 @click.option("--simulate", is_flag=True, help="Run against the local API simulator.")
 @click.option("--simulate-args", default="", metavar="ARGS",
               help='Options for the simulator, e.g. "--duration 0.5-2 --concurrency 8".')
@@ -47,11 +44,7 @@ from rcbatch.supervisor import Supervisor
 @click.option("--concurrency", default=2, show_default=True, type=click.IntRange(1, 64),
               help="Task slots per worker process.")
 @click.option("--name", help="Batch name; running again under a name resumes that batch.")
-@model_option
-@sweep_option
-@repeat_option
 @max_cost_option
-@click.option("--no-preflight", is_flag=True, help="Do not fetch input images to check them.")
 def run(files: tuple[Path, ...], simulate: bool, simulate_args: str, bucket_url: str | None,
         workers: int, concurrency: int, name: str | None, default_model: str | None,
         sweeps: tuple[str, ...], repeat: int | None, max_cost: float | None,

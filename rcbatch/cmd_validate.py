@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,14 @@ max_cost_option = click.option(
     help="Never reserve more than USD for this batch (estimates; the rest stays pending).")
 repeat_option = click.option("--repeat", type=click.IntRange(1, 1000), default=None,
                              help="Run each combination N times (distinct seeds).")
+
+
+def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """FILES, --model, --no-preflight, --sweep and --repeat: how a submission is read."""
+    for option in (repeat_option, sweep_option, preflight_option, model_option,
+                   files_argument):
+        command = option(command)
+    return command
 
 
 @dataclass(frozen=True)
@@ -131,11 +139,7 @@ def print_problems(problems: Sequence[Problem], *, warning: bool = False) -> Non
 
 
 @click.command()
-@files_argument
-@model_option
-@preflight_option
-@sweep_option
-@repeat_option
+@spec_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def validate(files: tuple[Path, ...], default_model: str | None, no_preflight: bool,
              sweeps: tuple[str, ...], repeat: int | None, as_json: bool) -> None:
@@ -166,11 +170,7 @@ def validate(files: tuple[Path, ...], default_model: str | None, no_preflight: b
 
 
 @click.command()
-@files_argument
-@model_option
-@preflight_option
-@sweep_option
-@repeat_option
+@spec_options
 @click.option("--name", help="Batch name; submitting again under a name resumes that batch.")
 @click.option("--at", "at", metavar="WHEN", help="Start at this time (HH:MM or ISO 8601).")
 @max_cost_option

@@ -113,16 +113,20 @@ class ItemFailed(RcbatchError):
     kind = "failed"
 
 
-class ApiRejected(ItemFailed):
-    """The API refused the request body (HTTP 400/422); `message` is the API's own."""
-
-    kind = "api_rejected"
+class _Answered(RcbatchError):
+    """An error the API answered with: keeps its HTTP status and `error_code`."""
 
     def __init__(self, message: str = "", *, status_code: int | None = None,
                  error_code: str | None = None, kind: str | None = None) -> None:
         super().__init__(message, kind=kind)
         self.status_code = status_code
         self.error_code = error_code
+
+
+class ApiRejected(_Answered, ItemFailed):
+    """The API refused the request body (HTTP 400/422); `message` is the API's own."""
+
+    kind = "api_rejected"
 
 
 class JobFailed(ItemFailed):
@@ -137,16 +141,10 @@ class OutputLost(ItemFailed):
     kind = "output_lost"
 
 
-class AccountError(RcbatchError):
+class AccountError(_Answered):
     """The token or the account is refused: pause everything instead of burning items."""
 
     kind = "account"
-
-    def __init__(self, message: str = "", *, status_code: int | None = None,
-                 error_code: str | None = None, kind: str | None = None) -> None:
-        super().__init__(message, kind=kind)
-        self.status_code = status_code
-        self.error_code = error_code
 
 
 class UnexpectedAnswer(RcbatchError):
