@@ -22,20 +22,15 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
-import ctypes.util
 import fcntl
 import functools
 import importlib.util
 import os
 import platform
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
@@ -44,6 +39,7 @@ from urllib.parse import quote
 import redis
 
 from rcbatch.errors import ServiceUnavailable
+from rcbatch.lifetime import die_with_parent
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 10.0  # seconds until PING must answer; loading a large AOF counts against it
@@ -52,7 +48,6 @@ PORT_ATTEMPTS = 5  # free-port picks tried when another process grabs the port f
 LOG_TAIL_LINES = 15
 PATH_NAMES = ("redis-server", "valkey-server")
 LOCK_NAME = "embedded-redis.lock"
-_PR_SET_PDEATHSIG = 1
 _PORT_TAKEN = "address already in use"  # how the server's log says another process has the port
 
 
@@ -98,33 +93,6 @@ def _free_port() -> int:
 
 
 @functools.cache
-def _prctl() -> Callable[..., int]:
-    """libc's prctl(2)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    prctl: Callable[..., int] = libc.prctl
-    return prctl
-
-
-def die_with_parent() -> Callable[[], None] | None:
-    """A Popen preexec_fn: the child gets SIGTERM when the thread that spawned it ends.
-
-    Linux only (None elsewhere). Call Popen from the main thread or a long-lived one.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = _prctl()  # looked up here: the forked child must not load libraries
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
-        # the parent may have died between fork and prctl; then no signal would ever come
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return preexec
-
-
-_die_with_parent = die_with_parent  # the name rcbatch/supervisor.py imports
 
 
 def _password_config(password: str | None) -> bytes:

@@ -23,8 +23,8 @@ from typing import IO
 
 import structlog
 
-from rcbatch.embedded_redis import die_with_parent
 from rcbatch.errors import ServiceUnavailable
+from rcbatch.lifetime import die_with_parent
 
 _LISTENING = re.compile(r"listening on (http://\S+)")
 log = structlog.get_logger("rcbatch.run")

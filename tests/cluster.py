@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from rcbatch.embedded_redis import die_with_parent
+from rcbatch.lifetime import die_with_parent
 from worker.state import Store
 
 
@@ -28,6 +28,7 @@ class Workers:
         self.log_dir = log_dir
         self.count, self.concurrency, self.beat = count, concurrency, beat
         self.procs: list[subprocess.Popen[bytes]] = []
+        self._groups: set[int] = set()  # every process group started, replaced ones too
 
     def __enter__(self) -> Workers:
         for n in range(self.count):
@@ -48,6 +49,7 @@ class Workers:
         proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=log,
                                 preexec_fn=die_with_parent(), start_new_session=True)
         log.close()
+        self._groups.add(proc.pid)
         if n < len(self.procs):
             self.procs[n] = proc
         else:
@@ -65,6 +67,11 @@ class Workers:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
+        for group in self._groups:  # whatever a killed worker may have left behind
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def logs(self) -> str:
         """Every worker log, for failure messages."""

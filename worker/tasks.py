@@ -11,7 +11,9 @@ import os
 from typing import Any
 
 import structlog
+from celery.signals import worker_process_init
 
+from rcbatch.lifetime import exit_with_parent
 from worker import fetching, polling, reconciler, submission
 from worker.celery_app import app
 from worker.manifest import write_manifest
@@ -53,6 +55,12 @@ class CeleryPublisher:
     def dispatch(self) -> None:
         """Nudge a dispatch (after a batch was registered)."""
         self._send("rcbatch.dispatch", [], 0)
+
+
+@worker_process_init.connect
+def _die_with_the_main_process(**_: Any) -> None:
+    """A pool child dies with its worker's main process (no orphans after a SIGKILL)."""
+    exit_with_parent()
 
 
 def runtime() -> Runtime:
