@@ -88,9 +88,11 @@ class _BarView(_View):
     def __init__(self, stream: TextIO) -> None:
         self.progress = Progress(
             TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[states]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[states]}"), TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
             console=Console(file=stream), transient=False)
-        self.task = self.progress.add_task("batch", total=None, states="")
+        self.task = self.progress.add_task("batch", total=None, states="", rate="")
+        self.started = time.monotonic()
 
     def __enter__(self) -> _View:
         self.progress.start()
@@ -101,7 +103,10 @@ class _BarView(_View):
 
     def update(self, total: int, counts: dict[str, int]) -> None:
         done = sum(counts[s] for s in TERMINAL)
-        self.progress.update(self.task, total=total, completed=done, states=summary(counts))
+        elapsed = time.monotonic() - self.started
+        rate = f"{done / elapsed:.1f}/s" if elapsed >= 1 else ""
+        self.progress.update(self.task, total=total, completed=done, states=summary(counts),
+                             rate=rate)
 
 
 class _LineView(_View):
