@@ -57,6 +57,8 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)
 #: the only failures that prove a submit's request never left this process
 _CERTAINLY_UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _MAX_REDIRECTS = 10
+_POOL_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=16,
+                            keepalive_expiry=2.0)
 _REDACTED = "[redacted]"
 _MIN_REDACTED_LENGTH = 8  # shorter "tokens" (test values) would shred ordinary words
 
@@ -73,9 +75,12 @@ class RunComfyClient:
         self.base_url = _checked_base_url(base_url)
         self.max_output_bytes = max_output_bytes
         self._base_is_loopback = _is_loopback(httpx.URL(self.base_url).host)
+        # Idle connections are dropped after 2 s, well before servers close them (uvicorn
+        # 5 s, load balancers 60 s): reusing one just as the server closes it would turn a
+        # good submit into a SubmitUncertain.
         self._http = httpx.AsyncClient(transport=transport, timeout=timeout or DEFAULT_TIMEOUT,
                                        headers={"User-Agent": user_agent},
-                                       follow_redirects=False)
+                                       follow_redirects=False, limits=_POOL_LIMITS)
 
     def __repr__(self) -> str:
         return f"RunComfyClient(base_url={self.base_url!r})"

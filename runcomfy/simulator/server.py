@@ -49,6 +49,7 @@ def uvicorn_config(app: Starlette, config: SimulatorConfig, log_level: str) -> u
     return uvicorn.Config(
         app, http="h11", ws="none", loop="asyncio", lifespan="on", log_level=log_level,
         access_log=config.access_log, proxy_headers=False, timeout_graceful_shutdown=1,
+        timeout_keep_alive=30,
     )
 
 
