@@ -315,3 +315,18 @@ def test_cancel_with_discard_stores_nothing_more(h: Harness) -> None:
     h.drive()
     assert h.state(iid) == keys.CANCELLED
     assert h.bucket.list_keys("b/") == [] and h.api.calls("download") == []
+
+
+def test_a_scheduled_batch_waits_for_its_time_then_runs(h: Harness) -> None:
+    from rcbatch.progress import batch_state
+
+    specs = [NewItem("i0", "in.jsonl", 1, MODEL, {"prompt": "p"})]
+    h.store.register("b", {"name": "b", "bucket_url": "memory://test",
+                           "start_at": str(h.clock.now + 3600)}, specs, start=False)
+    reconciler.reconcile(h.rt)
+    assert batch_state(h.store.batch("b"), h.store.counts("b")) == "scheduled"  # type: ignore[arg-type]
+    assert h.publisher.sent == []
+    h.clock.now += 3601
+    reconciler.reconcile(h.rt)
+    h.drive()
+    assert h.state("i0") == keys.COMPLETED
