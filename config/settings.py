@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     step_grace: float = Field(
         default=60.0, gt=0,
         description="seconds past a step's due time before the reconciler re-drives it")
+    visibility_timeout: float = Field(
+        default=900.0, ge=1,
+        description="seconds before the Redis broker re-delivers an unacknowledged message; "
+                    "countdowns and task time limits are kept below it (worker/celery_app.py)")
     log_level: str = Field(default="INFO")
     prices: dict[str, float] = Field(
         default_factory=dict, description="USD per job by model id, over config/prices.py's")

@@ -8,47 +8,98 @@ setting below still matters; they are explained here, in one place:
   of losing it (measured: without the second, the task was acked and never re-run).
 - ``worker_prefetch_multiplier = 1``: a worker holds one message per free slot, so a crash
   strands little. (Countdown messages are held separately until due: ~9 KB each.)
-- ``visibility_timeout = 900`` s: an unacknowledged message comes back after this. It is
-  above the longest countdown (pacing.MAX_POLL_DELAY = 30 s; backoff caps at 30 s) and above
-  the hard time limit (600 s), so no healthy task is ever delivered twice because of it
-  (kombu #337: a countdown longer than it runs once per timeout that passes).
-- ``task_time_limit = 600`` / ``task_soft_time_limit = 570``: no task outlives the visibility
-  timeout; a stuck download is killed and its step retried.
+- ``visibility_timeout`` (setting ``RCBATCH_VISIBILITY_TIMEOUT``, default 900 s): an
+  unacknowledged message comes back after this. Every countdown sent through this app is
+  capped at `max_countdown` (a quarter of it, and never over pacing.MAX_POLL_DELAY = 30 s),
+  because a countdown message is held unacknowledged by a worker until it is due and runs
+  once more per timeout that passes (kombu #337). The cap sits in `RcbatchCelery.send_task`,
+  the one door every nudge goes through, so it holds for polls, fetch retries, submit
+  deferrals and backoffs alike, whatever a step computed. Duplicates that still happen (a
+  busy worker holding a due message too long) are stale by the item's step sequence and
+  exit without doing anything (worker/polling.py).
+- ``task_time_limit`` / ``task_soft_time_limit`` (600 / 570 s by default, `time_limits`): no
+  task outlives the visibility timeout (at most two thirds of it), so a task is never handed
+  to a second worker while it still runs; a stuck download is killed and its step retried.
 - ``socket_timeout``, ``socket_keepalive``, ``health_check_interval``: a silently dropped
   broker connection is noticed in seconds instead of stalling the worker for good (measured:
   recovery in 18 s with 10 s / 10 s); ``worker_cancel_long_running_tasks_on_connection_loss``
   cancels tasks whose connection was lost, as their messages will come back.
 - ``broker_connection_retry_on_startup`` / ``max_retries=None``: a worker started before
   Redis, or across a Redis restart, keeps trying instead of exiting.
+- ``broker_use_ssl`` for a ``rediss://`` URL: kombu falls back to *not* verifying the
+  server's certificate for a bare ``rediss://`` URL (it only logs a warning); rcbatch asks
+  for a verified certificate instead, as redis-py does for the state connection. An explicit
+  ``?ssl_cert_reqs=...`` (or ``ssl_ca_certs=...``) in the URL still wins.
 - No result backend: tasks report through the item records in Redis, not through Celery.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+import ssl
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Celery
 
-VISIBILITY_TIMEOUT = 900
-TASK_TIME_LIMIT = 600
+from worker.pacing import MAX_POLL_DELAY
+
+VISIBILITY_TIMEOUT = 900.0
+TASK_TIME_LIMIT = 600.0
+#: the longest countdown, as a share of the visibility timeout
+COUNTDOWN_SHARE = 0.25
+#: the longest a task may run, as a share of the visibility timeout
+TIME_LIMIT_SHARE = 2 / 3
 QUEUE = "rcbatch"
 RECONCILE_EVERY = 5.0
 
-app = Celery("rcbatch", include=["worker.tasks", "worker.schedule_tasks"])
+
+def max_countdown(visibility_timeout: float) -> float:
+    """The longest countdown sent: well below the visibility timeout (kombu #337)."""
+    return min(MAX_POLL_DELAY, visibility_timeout * COUNTDOWN_SHARE)
 
 
-def celery_config(redis_url: str) -> dict[str, Any]:
+def time_limits(visibility_timeout: float) -> tuple[float, float]:
+    """(hard, soft) task time limits, both below the visibility timeout."""
+    hard = min(TASK_TIME_LIMIT, visibility_timeout * TIME_LIMIT_SHARE)
+    return hard, max(hard - 30, hard * 0.9)
+
+
+class RcbatchCelery(Celery):
+    """Celery whose every countdown (or eta) is capped below the visibility timeout."""
+
+    def send_task(self, name: str, args: Any = None, kwargs: Any = None,
+                  countdown: float | None = None, eta: datetime | None = None,
+                  **options: Any) -> Any:
+        """Publish a task, with its countdown capped at `max_countdown` (see the module)."""
+        if eta is not None:
+            aware = eta if eta.tzinfo else eta.replace(tzinfo=UTC)  # Celery's naive = UTC
+            countdown, eta = max(0.0, (aware - datetime.now(UTC)).total_seconds()), None
+        if countdown is not None:
+            countdown = min(countdown, self.max_countdown())
+        return super().send_task(name, args, kwargs, countdown=countdown, eta=eta, **options)
+
+    def max_countdown(self) -> float:
+        """The cap for this app's broker settings."""
+        transport = self.conf.broker_transport_options or {}
+        return max_countdown(float(transport.get("visibility_timeout", VISIBILITY_TIMEOUT)))
+
+
+app = RcbatchCelery("rcbatch", include=["worker.tasks", "worker.schedule_tasks"])
+
+
+def celery_config(redis_url: str,
+                  visibility_timeout: float = VISIBILITY_TIMEOUT) -> dict[str, Any]:
     """The Celery settings for a broker at `redis_url` (see the module docstring)."""
+    hard_limit, soft_limit = time_limits(visibility_timeout)
     transport = {
-        "visibility_timeout": VISIBILITY_TIMEOUT,
+        "visibility_timeout": visibility_timeout,
         "socket_timeout": 10,
         "socket_connect_timeout": 10,
         "socket_keepalive": True,
         "health_check_interval": 10,
         "retry_on_timeout": True,
     }
-    return {
+    config = {
         "broker_url": redis_url,
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
@@ -59,8 +110,8 @@ def celery_config(redis_url: str) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        "task_time_limit": TASK_TIME_LIMIT,
-        "task_soft_time_limit": TASK_TIME_LIMIT - 30,
+        "task_time_limit": hard_limit,
+        "task_soft_time_limit": soft_limit,
         "task_default_queue": QUEUE,
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -73,12 +124,16 @@ def celery_config(redis_url: str) -> dict[str, Any]:
             "schedules": {"task": "rcbatch.schedules", "schedule": timedelta(seconds=30)},
         },
     }
+    if redis_url.startswith("rediss://"):
+        config["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return config
 
 
 def configure(settings: Any) -> Celery:
     """Point the app at the settings' Redis and remember the settings for the workers."""
     if not settings.redis_url:
         raise ValueError("configure() needs settings with a redis_url")
-    app.conf.update(celery_config(settings.redis_url))
+    timeout = float(getattr(settings, "visibility_timeout", VISIBILITY_TIMEOUT))
+    app.conf.update(celery_config(settings.redis_url, timeout))
     app.conf.rcbatch_settings = settings
     return app
