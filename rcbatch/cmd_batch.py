@@ -91,11 +91,14 @@ def manifest(batch: str) -> None:
 def retry(batch: str, only_failed: bool, all_failed: bool, uncertain: bool) -> None:
     """Re-run the failed items of BATCH (not those the API refused, unless --all-failed)."""
     settings = load_settings()
-    with open_store(settings) as store:
+    with open_redis(settings) as url:
+        store = Store(redis_client(url))
         bid = resolve_batch(store, batch)
         chosen = [r for r in store.iter_items(bid)
                   if operations.retryable(r, all_failed=all_failed, uncertain=uncertain)]
         count = operations.retry_items(store, bid, chosen)
+        if count:  # without a nudge the items would wait for the reconciler's next tick
+            _nudge_dispatch(settings.model_copy(update={"redis_url": url}))
     click.echo(f"{count} items queued again in batch {bid}")
 
 
@@ -110,7 +113,6 @@ def cancel(batch: str, discard: bool) -> None:
         bid = resolve_batch(store, batch)
         count = operations.cancel_batch(store, bid, discard=discard)
     click.echo(f"batch {bid} cancelled ({count} pending items cancelled)")
-
 
 
 @click.command()
