@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,7 +49,8 @@ def json_loads(text: str, duplicates: list[str] | None = None) -> Any:
         for key, value in items:
             if key in obj and duplicates is not None:
                 duplicates.append(key)
-            obj[key] = value
+            # Interned: 100,000 rows share one copy of each field name, not 100,000.
+            obj[sys.intern(key)] = value
         return obj
 
     def number(token: str) -> float | NonFinite:

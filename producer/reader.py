@@ -33,12 +33,14 @@ CSV_SUFFIXES = frozenset({".csv"})
 FILE_FIELD, ROW_FIELD, HEADER_FIELD = "(file)", "(row)", "(header)"
 
 _SKIP_CHUNK = 1 << 16
+#: every row without rejected fields shares this (an empty frozenset is not a singleton)
+_NO_FIELDS: frozenset[str] = frozenset()
 _BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Row:
     """One row of an input file: where it is, and its fields as read.
 
@@ -76,7 +78,20 @@ def read_rows(path: Path, *, default_model: str | None = None,
     `default_model` fills in `model` where a row gives none; `display_name` (default: the
     path as given) is the FILE of every row and problem.
     """
-    sink = _Sink(one_line(display_name if display_name is not None else str(path)))
+    problems: list[Problem] = []
+    rows = list(iter_rows(path, default_model=default_model, display_name=display_name,
+                          problems=problems))
+    return ReadResult(rows, problems)
+
+
+def iter_rows(path: Path, *, problems: list[Problem], default_model: str | None = None,
+              display_name: str | None = None) -> Iterator[Row]:
+    """`read_rows` one row at a time, so a large file is never held whole in memory.
+
+    Problems are appended to `problems` as they are found (all of them once the iterator
+    is exhausted).
+    """
+    sink = _Sink(one_line(display_name if display_name is not None else str(path)), problems)
     path = Path(path)
     suffix = path.suffix.lower()
     parse = _read_jsonl if suffix in JSONL_SUFFIXES else _read_csv if suffix in CSV_SUFFIXES \
@@ -84,26 +99,24 @@ def read_rows(path: Path, *, default_model: str | None = None,
     if parse is None:
         sink.add(1, FILE_FIELD, f"unsupported file type {one_line(suffix or path.name)!r}: "
                  "use .jsonl (or .ndjson) or .csv")
-        return ReadResult([], sink.problems)
-    rows: list[Row] = []
+        return
     try:
         with open(path, "rb") as fh:
             if fh.read(2) in _UTF16_BOMS:
                 sink.add(1, FILE_FIELD, "the file is UTF-16; save it as UTF-8")
             else:
                 fh.seek(0)
-                rows = parse(fh, sink, default_model)
+                yield from parse(fh, sink, default_model)
     except OSError as exc:
         sink.add(1, FILE_FIELD, f"cannot read the file: {exc.strerror or exc}")
-    return ReadResult(rows, sink.problems)
 
 
 class _Sink:
     """Collects the problems of one file."""
 
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, problems: list[Problem] | None = None) -> None:
         self.file = file
-        self.problems: list[Problem] = []
+        self.problems: list[Problem] = [] if problems is None else problems
 
     def add(self, line: int, field_name: str, message: str) -> None:
         """Record one problem at `line`."""
@@ -149,9 +162,8 @@ _KIND_NAMES = {dict: "an object", list: "an array", str: "a string", bool: "true
                type(None): "null", int: "a number", float: "a number"}
 
 
-def _read_jsonl(fh: IO[bytes], sink: _Sink, default_model: str | None) -> list[Row]:
+def _read_jsonl(fh: IO[bytes], sink: _Sink, default_model: str | None) -> Iterator[Row]:
     """Rows of a JSON Lines file: one object per non-blank line."""
-    rows: list[Row] = []
     seen_any = False
     for lineno, text in _decoded_lines(fh, sink):
         stripped = None if text is None else text.strip(" \t\r\n")  # JSON's whitespace
@@ -160,14 +172,13 @@ def _read_jsonl(fh: IO[bytes], sink: _Sink, default_model: str | None) -> list[R
         if not seen_any and stripped == "[":
             sink.add(lineno, FILE_FIELD, "this is a JSON array; JSONL needs one JSON object "
                      "per line and no enclosing [ ]")
-            return rows
+            return
         seen_any = True
         row = _jsonl_row(sink, lineno, text, default_model) if text is not None else None
         if row is not None:
-            rows.append(row)
+            yield row
     if not seen_any:
         sink.add(1, FILE_FIELD, "the file is empty: expected one JSON object per line")
-    return rows
 
 
 def _jsonl_row(sink: _Sink, lineno: int, text: str, default_model: str | None) -> Row | None:
@@ -185,7 +196,7 @@ def _jsonl_row(sink: _Sink, lineno: int, text: str, default_model: str | None) -
     rejected = _reject_json_fields(sink, lineno, text, value, duplicates)
     data = {k: v for k, v in value.items() if k not in rejected}
     _apply_default_model(data, default_model)
-    return Row(sink.file, lineno, data, frozenset(rejected))
+    return Row(sink.file, lineno, data, _fields(rejected))
 
 
 def _reject_json_fields(sink: _Sink, lineno: int, text: str, value: dict[str, Any],
@@ -206,24 +217,27 @@ def _reject_json_fields(sink: _Sink, lineno: int, text: str, value: dict[str, An
     return rejected
 
 
+def _fields(names: set[str]) -> frozenset[str]:
+    return frozenset(names) if names else _NO_FIELDS
+
+
 def _apply_default_model(data: dict[str, Any], default_model: str | None) -> None:
     """Fill `model` from the default when the row gives none (a row's own value wins)."""
     if default_model and data.get("model") in (None, ""):
         data["model"] = default_model
 
 
-def _read_csv(fh: IO[bytes], sink: _Sink, default_model: str | None) -> list[Row]:
+def _read_csv(fh: IO[bytes], sink: _Sink, default_model: str | None) -> Iterator[Row]:
     """Rows of a CSV file: a header row, then one item per row."""
     records = _csv_records(_decoded_lines(fh, sink), sink)
     first = next(records, None)
     if first is None:
         sink.add(1, FILE_FIELD, "the file is empty: expected a header row and one row per item")
-        return []
+        return
     header_line, header_cells = first
     names = _csv_header(sink, header_line, header_cells) if header_cells is not None else None
     if names is None:
-        return []
-    rows: list[Row] = []
+        return
     seen_record = False
     for lineno, cells in records:
         seen_record = True
@@ -233,10 +247,9 @@ def _read_csv(fh: IO[bytes], sink: _Sink, default_model: str | None) -> list[Row
             sink.add(lineno, ROW_FIELD, f"the row has {len(cells)} cells but the header has "
                      f"{len(names)}")
             continue
-        rows.append(_csv_row(sink, lineno, dict(zip(names, cells, strict=True)), default_model))
+        yield _csv_row(sink, lineno, dict(zip(names, cells, strict=True)), default_model)
     if not seen_record:
         sink.add(header_line, FILE_FIELD, "the file has a header but no rows")
-    return rows
 
 
 def _csv_records(lines: Iterator[tuple[int, str | None]],
@@ -321,7 +334,7 @@ def _csv_row(sink: _Sink, lineno: int, cells: dict[str, str],
         except ValueError as exc:
             sink.add(lineno, name, str(exc))
             rejected.add(name)
-    return Row(sink.file, lineno, data, frozenset(rejected))
+    return Row(sink.file, lineno, data, _fields(rejected))
 
 
 def _field_kinds(model: Any) -> dict[str, str]:

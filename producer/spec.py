@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from producer.reader import ROW_FIELD, Row, one_line, read_rows
+from producer.reader import ROW_FIELD, Row, iter_rows, one_line
 from producer.sweep import expand_rows, sweep_suffix
 from rcbatch.errors import Problem, ValidationFailed
 from runcomfy import catalogue
@@ -27,7 +28,7 @@ _TAGS = {"text-to-image": "t2i", "edit": "edit", "image-to-video": "i2v",
          "edit-sequential": "seq"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ItemSpec:
     """One item to generate: `input` is the exact body sent (the API applies defaults)."""
 
@@ -104,14 +105,16 @@ def read_and_check(paths: Sequence[Path], *, default_model: str | None = None,
     `sweep` and `repeat` apply to every row (the `--sweep` and `--repeat` options).
     Problems come sorted by file (in the order given) and line.
     """
-    rows: list[Row] = []
     read_problems: list[Problem] = []
+    checker = _Checker(allow_loopback_http)
+    # Row by row, so only the items are ever held, never every row as well (bench/enqueue.py).
     for path in paths:
-        result = read_rows(Path(path), default_model=default_model)
-        expanded, sweep_problems = expand_rows(result.rows, cli_sweep=sweep, repeat=repeat)
-        rows.extend(expanded)
-        read_problems.extend(result.problems + sweep_problems)
-    checked = check_rows(rows, allow_loopback_http=allow_loopback_http)
+        for row in iter_rows(Path(path), default_model=default_model, problems=read_problems):
+            expanded, sweep_problems = expand_rows([row], cli_sweep=sweep, repeat=repeat)
+            read_problems.extend(sweep_problems)
+            for one in expanded:
+                checker.check(one)
+    checked = checker.result
     order: dict[str, int] = {}
     for index, path in enumerate(paths):
         order.setdefault(one_line(str(path)), index)
@@ -163,7 +166,8 @@ class _Checker:
                 item_id += f"-r{row.sweep['repeat']}"
             if not self._claim(row, item_id, generated=True):
                 return
-        self.result.items.append(ItemSpec(item_id, row.file, row.line, model, body, row.sweep))
+        self.result.items.append(ItemSpec(item_id, row.file, row.line, sys.intern(model), body,
+                                          row.sweep))
 
     def _problem(self, row: Row, field_name: str, message: str) -> None:
         self.result.problems.append(

@@ -127,3 +127,18 @@ def test_submit_rate_is_shared_and_cooldown_holds_everyone(store: Store, clock: 
     assert store.acquire_submit(rate=2.0, burst=2.0) == 0.0
     store.cool_down(5)
     assert store.acquire_submit(rate=2.0, burst=2.0) == pytest.approx(5.0)
+
+
+def test_a_registered_item_records_its_input_and_only_the_extras_it_has(store: Store) -> None:
+    store.register("b", {}, [
+        NewItem("a", "f.jsonl", 1, "m", {"prompt": "é"}, {"estimate": "0.03"}),
+        NewItem("c", "f.jsonl", 2, "m", {"prompt": "q"}, {"estimate": "0.04", "sweep": "{}"}),
+        NewItem("a", "f.jsonl", 3, "m", {"prompt": "again"}),  # the same id later: kept once
+    ])
+    first = store.item("b", "a")
+    assert first == {"id": "a", "file": "f.jsonl", "line": "1", "model": "m",
+                     "input": '{"prompt":"é"}', "estimate": "0.03", "state": keys.PENDING,
+                     "attempts": "0", "seq": "0", "deliveries": "0", "registered_at": "1000.0"}
+    assert store.item("b", "c")["sweep"] == "{}"  # type: ignore[index]
+    assert store.item_ids("b") == ["a", "c"]
+    assert store.counts("b")["pending"] == 2

@@ -88,6 +88,41 @@ end
 return out
 """
 
+# Add a chunk of items to a batch, skipping those already registered (a resumed batch), in one
+# atomic step and one round trip: no EXISTS per item, and each item sends only its own values.
+# KEYS: batch, order, pending, counts
+# ARGV: bid, C, C column names (the first is 'id'), K, K constant field/value pairs, then C
+#       values per item; a value of '\0' leaves that field out of the item's record.
+REGISTER = """
+local bid, c = ARGV[1], tonumber(ARGV[2])
+local k = tonumber(ARGV[3 + c])
+local first = 4 + c + 2 * k
+local added = {}
+for at = first, #ARGV, c do
+  local key = 'rcb:item:' .. bid .. ':' .. ARGV[at]
+  if redis.call('EXISTS', key) == 0 then
+    local args = {}
+    for i = 1, c do
+      local v = ARGV[at + i - 1]
+      if v ~= '\\0' then
+        args[#args + 1] = ARGV[2 + i]
+        args[#args + 1] = v
+      end
+    end
+    for i = 4 + c, 3 + c + 2 * k do args[#args + 1] = ARGV[i] end
+    redis.call('HSET', key, unpack(args))
+    added[#added + 1] = ARGV[at]
+  end
+end
+if #added > 0 then
+  redis.call('RPUSH', KEYS[2], unpack(added))
+  redis.call('RPUSH', KEYS[3], unpack(added))
+  redis.call('HINCRBY', KEYS[4], 'pending', #added)
+  redis.call('HINCRBY', KEYS[1], 'total', #added)
+end
+return #added
+"""
+
 # A token bucket shared by every worker; answers how long to wait (0: go now).
 # KEYS: bucket, cooldown   ARGV: now, rate per second, burst
 RATE_ACQUIRE = """

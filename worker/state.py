@@ -74,6 +74,7 @@ class Store:
         self._rate = client.register_script(scripts.RATE_ACQUIRE)
         self._reserve = client.register_script(scripts.RESERVE)
         self._refund = client.register_script(scripts.REFUND)
+        self._register = client.register_script(scripts.REGISTER)
 
     # --- batches -------------------------------------------------------------------------
 
@@ -105,23 +106,20 @@ class Store:
         return Registration(bid, added, existing)
 
     def _add_items(self, bid: str, chunk: Sequence[NewItem], now: float) -> int:
-        with self.redis.pipeline(transaction=False) as pipe:
-            for spec in chunk:
-                pipe.exists(keys.item(bid, spec.item_id))
-            present = pipe.execute()
-        fresh = [s for s, there in zip(chunk, present, strict=True) if not there]
-        if not fresh:
-            return 0
-        with self.redis.pipeline(transaction=True) as pipe:
-            for spec in fresh:
-                pipe.hset(keys.item(bid, spec.item_id), mapping=_item_record(spec, now))
-            ids = [s.item_id for s in fresh]
-            pipe.rpush(keys.order(bid), *ids)
-            pipe.rpush(keys.pending(bid), *ids)
-            pipe.hincrby(keys.counts(bid), "pending", len(fresh))
-            pipe.hincrby(keys.batch(bid), "total", len(fresh))
-            pipe.execute()
-        return len(fresh)
+        """Register the items of `chunk` not yet known, in one script call (scripts.REGISTER)."""
+        extras = list(dict.fromkeys(name for spec in chunk for name in spec.extra))
+        columns = ["id", "file", "line", "model", "input", *extras]
+        constants = {"state": keys.PENDING, "attempts": "0", "seq": "0", "deliveries": "0",
+                     "registered_at": str(now)}
+        args: list[Any] = [bid, len(columns), *columns, len(constants)]
+        for pair in constants.items():
+            args += pair
+        for spec in chunk:
+            args += (spec.item_id, spec.file, str(spec.line), spec.model,
+                     json.dumps(spec.input, ensure_ascii=False, separators=(",", ":")))
+            args += (spec.extra.get(name, DELETE_FIELD) for name in extras)
+        return int(self._register(keys=[keys.batch(bid), keys.order(bid), keys.pending(bid),
+                                         keys.counts(bid)], args=args))
 
     def batch(self, bid: str) -> dict[str, str] | None:
         """The batch record, or None for an unknown id."""
@@ -262,15 +260,6 @@ class Store:
     def recent_durations(self, model: str) -> list[float]:
         """Recent remote job durations of `model`, newest first."""
         return [float(_text(v)) for v in self.redis.lrange(keys.durations(model), 0, -1)]
-
-
-def _item_record(spec: NewItem, now: float) -> dict[str, str]:
-    return {
-        "id": spec.item_id, "file": spec.file, "line": str(spec.line), "model": spec.model,
-        "input": json.dumps(spec.input, ensure_ascii=False, separators=(",", ":")),
-        "state": keys.PENDING, "attempts": "0", "seq": "0", "deliveries": "0",
-        "registered_at": str(now), **spec.extra,
-    }
 
 
 def _score(value: float | str | None) -> str:
