@@ -22,6 +22,10 @@ _FAULT_HELP = {
     "job_fail": "Rate of jobs that end failed with an error object.",
     "output_404": "Rate of output files answering 404 (see --output-404-permanent).",
     "output_truncate": "Rate of output downloads cut off after half of their Content-Length.",
+    "reset": "Rate of API requests whose connection is reset (TCP RST) without an answer "
+             "(a reset submit creates no job).",
+    "refuse": "Share of request bodies a content filter refuses with HTTP 400 (decided per "
+              "body: the same body is always refused).",
 }
 
 

@@ -40,9 +40,18 @@ def api_client(settings: Any) -> RunComfyClient:
 
 
 def limits_from(settings: Any) -> Limits:
-    """The pipeline limits from settings."""
+    """The pipeline limits from settings.
+
+    Every reconciler deadline follows `step_grace`: a submit nudge lost with a killed worker
+    is re-sent after twice the grace, and a submit that crashed mid-call becomes
+    submit_uncertain once the longest the call itself could take (connect, write and read
+    timeouts) plus the grace has passed.
+    """
+    grace = settings.step_grace
+    longest_submit = settings.http_connect_timeout + 2 * settings.http_read_timeout
     return Limits(max_in_flight=settings.max_in_flight, submit_rate=settings.submit_rate,
-                  max_output_bytes=settings.max_output_bytes, step_grace=settings.step_grace)
+                  max_output_bytes=settings.max_output_bytes, step_grace=grace,
+                  claim_due=2 * grace, submit_due=longest_submit + grace)
 
 
 def build_runtime(settings: Any, publisher: Publisher) -> Runtime:

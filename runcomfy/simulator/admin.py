@@ -2,7 +2,9 @@
 
 - `GET /_sim/stats`: counters, see `Stats.snapshot`. `completed` counts succeeded jobs only;
   `ideal_makespan` is seconds from the first accepted submit to the last job finish.
-- `GET /_sim/jobs`: every job with its drawn duration and faults (for tests and debugging).
+- `GET /_sim/jobs`: every job with its drawn duration and faults, the sha256 of its
+  (model, body) and what became of its submit's answer; and `without_job`, the submits an
+  injected fault kept from creating a job (refused, or dropped) (for tests and debugging).
 - `POST /_sim/reset`: forget all jobs and counters and go back to the options the simulator
   started with, changed by an optional JSON object of overrides (e.g.
   `{"fail_5xx": 0.2, "concurrency": 8}`); overrides never accumulate across resets.
@@ -35,7 +37,8 @@ async def stats(request: Request) -> Response:
 async def jobs(request: Request) -> Response:
     """GET /_sim/jobs."""
     sim = _sim(request)
-    return JSONResponse({"jobs": [sim.job_listing(job) for job in sim.engine.jobs()]})
+    return JSONResponse({"jobs": [sim.job_listing(job) for job in sim.engine.jobs()],
+                         "without_job": sim.without_job})
 
 
 async def config(request: Request) -> Response:

@@ -1,9 +1,10 @@
 """The four Model API endpoints, shaped as runcomfy-api/WIRE.md describes them.
 
 Every API request first advances the clock, then meets the injected faults (503, 429, a
-dropped connection), then the token check, then its handler; a "slow" answer is held back
-`slow_seconds` before it is sent. `/status` reads `completed` for a failed job and `/result`
-says `failed` with an error object (the WIRE.md guess). Queue positions are 1-based among the
+dropped or reset connection), then the token check, then its handler; a "slow" answer is held
+back `slow_seconds` before it is sent. A content refusal (the `refuse` rate, decided per body)
+is a 400 after validation. `/status` reads `completed` for a failed job and `/result` says
+`failed` with an error object (the WIRE.md guess). Queue positions are 1-based among the
 token's own queued jobs. Error codes 429001 and 503001 are the simulator's own inventions.
 """
 
@@ -28,7 +29,7 @@ from runcomfy.simulator.engine import Job
 from runcomfy.simulator.faults import RequestFaults, RequestKind
 from runcomfy.simulator.outputs import SIM_MODELS
 from runcomfy.simulator.state import SimState
-from runcomfy.simulator.stats import iso
+from runcomfy.simulator.stats import canonical_digest, iso
 
 STATUS_NAMES = {"queued": "in_queue", "running": "in_progress", "succeeded": "completed",
                 "failed": "completed", "cancelled": "cancelled"}
@@ -78,9 +79,10 @@ def _injected(sim: SimState, faults: RequestFaults) -> Response | None:
         answer = error(429, 429001, "TooManyRequests", "too many requests (simulated)")
         answer.headers["Retry-After"] = str(sim.config.retry_after)
         return answer
-    if faults.drop:
-        sim.stats.faults["drop"] += 1
-        raise DropConnection
+    if faults.drop or faults.reset:
+        name = "drop" if faults.drop else "reset"
+        sim.stats.faults[name] += 1
+        raise DropConnection(reset=name == "reset")
     return None
 
 
@@ -94,6 +96,8 @@ def api_endpoint(kind: RequestKind, handler: Handler) -> Callable[[Request], Awa
         now = sim.engine.advance()
         sim.stats.note_request(kind)
         faults = sim.plan.for_request(kind)
+        if kind == "submit":
+            await _note_unanswered_submit(request, sim, faults, now)
         answer = _injected(sim, faults)
         if answer is None:
             owner = owner_of(request, sim.config)
@@ -104,6 +108,18 @@ def api_endpoint(kind: RequestKind, handler: Handler) -> Callable[[Request], Awa
             await asyncio.sleep(sim.config.slow_seconds)
         return answer
     return endpoint
+
+
+async def _note_unanswered_submit(request: Request, sim: SimState, faults: RequestFaults,
+                                  now: float) -> None:
+    """Remember the body of a submit that gets no (timely) answer and creates no job: a
+    dropped or reset one, or a slow 503/429."""
+    failed = faults.fail_5xx or faults.fail_429
+    dropped = "drop" if faults.drop else "reset" if faults.reset else ""
+    reason = "slow" if failed and faults.slow else "" if failed else dropped
+    if reason:
+        model_id = request.path_params.get("model_id", "")
+        sim.note_without_job(model_id, await _json_body(request), reason, now)
 
 
 def _urls(base: str, request_id: str) -> dict[str, str]:
@@ -129,8 +145,16 @@ async def submit(call: Call) -> Response:
     if rejected is not None:
         call.sim.stats.rejected_submits += 1
         return rejected
+    if call.sim.plan.refuses(canonical_digest(model.model_id, body)):
+        call.sim.stats.faults["refuse"] += 1
+        call.sim.note_without_job(model.model_id, body, "refuse", call.now)
+        return error(400, 400101, "ContentPolicyViolation",
+                     "the request was refused by the content filter (simulated)")
     job = call.sim.create_job(call.owner, model, body, call.now)
+    job.answer = "slow" if call.faults.slow else "sent"
+    job.client_port = call.request.client.port if call.request.client else None
     if call.faults.lost_submit:
+        job.answer = "lost"
         call.sim.stats.lost_submits += 1
         call.sim.stats.faults["lost_submit"] += 1
         raise DropConnection

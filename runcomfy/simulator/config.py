@@ -12,7 +12,7 @@ DurationRange = tuple[float, float]
 #: the fault rates, each a probability in [0, 1] drawn from the seeded RNG
 FAULT_RATES = (
     "fail_5xx", "fail_429", "slow", "drop", "lost_submit", "job_fail", "output_404",
-    "output_truncate",
+    "output_truncate", "refuse", "reset",
 )
 
 #: fields a running simulator may not change through `POST /_sim/reset`
@@ -83,6 +83,8 @@ class SimulatorConfig:
     slow: float = 0.0
     slow_seconds: float = 10.0
     drop: float = 0.0
+    #: like `drop`, but the connection is reset (TCP RST) instead of closed
+    reset: float = 0.0
     lost_submit: float = 0.0
     job_fail: float = 0.0
     output_404: float = 0.0
@@ -90,6 +92,8 @@ class SimulatorConfig:
     output_404_permanent: float = 1.0
     output_404_fetches: int = 2
     output_truncate: float = 0.0
+    #: share of bodies a content filter refuses (HTTP 400); decided per body, as a filter would
+    refuse: float = 0.0
     #: also reject bodies the catalogue only warns about (the stricter reading of the pages)
     strict: bool = False
     #: base of the URLs the simulator hands out; default: the URL the client called

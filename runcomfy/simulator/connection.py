@@ -13,6 +13,8 @@ response"), or short of its Content-Length for a response already started.
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -22,7 +24,12 @@ _CLOSE_WAIT = 2.0
 
 
 class DropConnection(BaseException):
-    """Raised by a handler to make the server close the connection without (more) answer."""
+    """Raised by a handler to make the server close the connection without (more) answer;
+    with `reset`, abortively (a TCP RST, "connection reset by peer") instead of a FIN."""
+
+    def __init__(self, *, reset: bool = False) -> None:
+        super().__init__()
+        self.reset = reset
 
 
 class Connection:
@@ -43,13 +50,19 @@ class Connection:
         """True once the client has gone (or we dropped it)."""
         return bool(getattr(self._cycle, "disconnected", False))
 
-    async def drop(self) -> None:
+    async def drop(self, *, reset: bool = False) -> None:
         """Close the socket (after what was already written), then wait until uvicorn sees it.
 
-        Waiting for uvicorn's connection_lost keeps it from logging an "incomplete response"
-        error or sending a 500 for a request we meant to leave unanswered.
+        With `reset`, linger 0 and abort: the kernel answers with a TCP RST at once. Waiting
+        for uvicorn's connection_lost keeps it from logging an "incomplete response" error or
+        sending a 500 for a request we meant to leave unanswered.
         """
-        self._transport.close()
+        sock = self._transport.get_extra_info("socket")
+        if reset and sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self._transport.abort()
+        else:
+            self._transport.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _CLOSE_WAIT
         while not self.closed and loop.time() < deadline:
@@ -71,10 +84,10 @@ class ConnectionControl:
         scope[SCOPE_KEY] = connection
         try:
             await self.app(scope, receive, send)
-        except DropConnection:
+        except DropConnection as dropped:
             if not connection.supported:
                 raise RuntimeError("dropping a connection needs uvicorn as the server") from None
-            await connection.drop()
+            await connection.drop(reset=dropped.reset)
 
 
 def connection_of(scope: Scope) -> Connection | None:

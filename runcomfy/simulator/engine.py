@@ -39,6 +39,10 @@ class Job:
     started: float | None = None
     finished: float | None = None
     qseq: int = 0
+    #: what became of the submit's answer: "sent", "lost" (lost_submit) or "slow"
+    answer: str = "sent"
+    #: the TCP port the submit came from (tells which client process sent it)
+    client_port: int | None = None
 
     @property
     def end(self) -> float:

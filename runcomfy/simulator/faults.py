@@ -27,6 +27,7 @@ class RequestFaults:
     drop: bool = False
     slow: bool = False
     lost_submit: bool = False
+    reset: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,13 +55,15 @@ class FaultPlan:
         index = self._requests.get(kind, 0)
         self._requests[kind] = index + 1
         rng, c = self._rng("request", kind, index), self._config
-        draws = [rng.random() for _ in range(5)]
+        # A new kind of fault takes the next draw, so the earlier ones keep their values.
+        draws = [rng.random() for _ in range(6)]
         return RequestFaults(
             fail_5xx=draws[0] < c.fail_5xx,
             fail_429=draws[1] < c.fail_429,
             drop=draws[2] < c.drop,
             slow=draws[3] < c.slow,
             lost_submit=kind == "submit" and draws[4] < c.lost_submit,
+            reset=draws[5] < c.reset,
         )
 
     def for_job(self, index: int, bounds: tuple[float, float],
@@ -74,6 +77,12 @@ class FaultPlan:
             output.gone = _gone_mode(gone, permanent)
             output.gone_fetches = 0 if output.gone == "no" else c.output_404_fetches
         return JobDraw(duration, will_fail)
+
+    def refuses(self, body_digest: bytes) -> bool:
+        """Whether the content filter refuses this body (the same body always gets the same
+        verdict, however often it is sent)."""
+        rng = self._rng("refuse", body_digest.hex())
+        return rng.random() < self._config.refuse
 
     def truncates(self, job_index: int, output_n: int, fetch: int) -> bool:
         """Whether this GET of an output is cut off halfway."""

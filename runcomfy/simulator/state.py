@@ -13,7 +13,7 @@ from runcomfy.simulator.engine import Engine, Job
 from runcomfy.simulator.faults import FaultPlan
 from runcomfy.simulator.media import ImageCache
 from runcomfy.simulator.outputs import SimModel
-from runcomfy.simulator.stats import Stats
+from runcomfy.simulator.stats import Stats, canonical_digest
 
 
 class SimState:
@@ -33,6 +33,14 @@ class SimState:
         self.engine = Engine(config.concurrency, self._clock)
         self.plan = FaultPlan(config, self.seed)
         self.stats = Stats()
+        #: submits that reached a handler but created no job because of an injected fault
+        self.without_job: list[dict[str, Any]] = []
+
+    def note_without_job(self, model_id: str, body: Any, reason: str, now: float) -> None:
+        """Remember a submit that created no job (refused, or its connection dropped)."""
+        digest = canonical_digest(model_id, body).hex() if isinstance(body, Mapping) else None
+        self.without_job.append({"model": model_id, "body_sha256": digest, "reason": reason,
+                                 "at": now})
 
     def create_job(self, owner: str, model: SimModel, body: dict[str, Any],
                    now: float) -> Job:
@@ -56,7 +64,9 @@ class SimState:
         """One job as `GET /_sim/jobs` shows it (for tests and debugging)."""
         return {
             "index": job.index, "request_id": job.request_id, "model": job.model_id,
-            "state": job.state, "duration": job.duration, "will_fail": job.will_fail,
+            "body_sha256": canonical_digest(job.model_id, job.body).hex(),
+            "answer": job.answer, "client_port": job.client_port, "state": job.state,
+            "duration": job.duration, "will_fail": job.will_fail,
             "created": job.created, "started": job.started, "finished": job.finished,
             "outputs": [{"n": f.n, "kind": f.kind, "gone": f.gone, "gets": f.gets}
                         for f in job.outputs.files],
