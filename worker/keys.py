@@ -15,6 +15,8 @@ Every key rcbatch writes is named here, so a newcomer can list what lives in Red
     rcb:rate                   HASH  the shared submit token bucket
     rcb:cooldown               STR   submissions wait until this time (after a 429)
     rcb:durations:{model}      LIST  recent remote job durations, for poll pacing
+    rcb:scout:{model}:{n}      STR   held while a poll asks the API about a model not yet timed
+    rcb:scout:{model}:oldest   STR   submission time of the model's oldest job not yet timed
     rcb:tokens                 STR   counter for dispatch tokens
 """
 
@@ -103,3 +105,9 @@ def split_member(value: str) -> tuple[str, str]:
 def durations(model: str) -> str:
     """Recent durations of a model's remote jobs."""
     return f"{PREFIX}:durations:{model}"
+
+
+def scout(model: str, n: int | str) -> str:
+    """Scout key `n` of a model: taken (until a time) by a poll that may ask the API about a
+    model whose durations are not known yet, or "oldest" (worker/polling.py)."""
+    return f"{PREFIX}:scout:{model}:{n}"

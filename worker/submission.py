@@ -19,7 +19,7 @@ from rcbatch.errors import (
     SubmitUncertain,
 )
 from worker import keys
-from worker.pacing import backoff
+from worker.pacing import MAX_POLL_DELAY, backoff
 from worker.runtime import Runtime
 from worker.state import REMOVE
 
@@ -143,13 +143,14 @@ def _accepted(rt: Runtime, bid: str, iid: str, attempt: str, request_id: str,
     now = rt.clock()
     assert rt.pacer is not None
     delay = rt.pacer.first_delay(model)
+    hop = min(delay, MAX_POLL_DELAY)  # a longer delay is slept in hops (worker/polling.py)
     ok, _ = rt.store.transition(
         bid, iid, expect=(keys.SUBMITTING,), guard=("attempt_id", attempt), to=keys.SUBMITTED,
-        due=now + delay + rt.limits.step_grace, inflight=now + rt.limits.slot_lease,
+        due=now + hop + rt.limits.step_grace, inflight=now + rt.limits.slot_lease,
         values={"request_id": request_id, "submitted_at": now, "seq": 1, "deliveries": 0,
-                "polls": 0, "step_errors": 0})
+                "polls": 0, "step_errors": 0, "poll_at": now + delay})
     if ok:
-        rt.publisher.poll(bid, iid, 1, countdown=delay)
+        rt.publisher.poll(bid, iid, 1, countdown=hop)
 
 
 def _retry_submit(rt: Runtime, bid: str, iid: str, attempt: str, exc: RetryLater) -> None:
