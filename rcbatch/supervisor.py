@@ -60,7 +60,7 @@ class Supervisor:
                                 preexec_fn=die_with_parent(), start_new_session=True)
         child.process = proc
         self.children.append(child)
-        url = _read_url(proc, timeout)
+        url = read_listening_url(proc, timeout)
         if url is None:
             raise ServiceUnavailable(f"the simulator did not start; see {child.log_path}")
         # Keep reading its stdout so a chatty simulator never blocks on a full pipe.
@@ -121,7 +121,8 @@ class Supervisor:
         return handle
 
 
-def _read_url(proc: subprocess.Popen[bytes], timeout: float) -> str | None:
+def read_listening_url(proc: subprocess.Popen[bytes], timeout: float) -> str | None:
+    """The URL a starting simulator prints ("listening on http://..."), or None on timeout."""
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:

@@ -7,6 +7,7 @@ Redis server, the simulator and the S3 server come from their own fixtures.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -68,10 +69,8 @@ class Workers:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
         for group in self._groups:  # whatever a killed worker may have left behind
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def logs(self) -> str:
         """Every worker log, for failure messages."""

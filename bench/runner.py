@@ -1,0 +1,97 @@
+"""What every benchmark module shares: its command line, its services, and printing its table.
+
+A benchmark module defines `measure(svc, opts) -> list[Section]` and
+`main = entry("name", "what it measures", measure)`; `python -m bench.NAME [--quick]` then
+starts the bench Redis and simulator, measures, and prints the Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from bench.harness import Services, machine
+from bench.table import Section, markdown
+
+#: every section printed in this process, in order (`python -m bench all` sums them up)
+PRINTED: list[Section] = []
+
+
+@dataclass(frozen=True)
+class Options:
+    """The shared options of every benchmark."""
+
+    quick: bool = False
+    keep: Path | None = None
+    profile: Path | None = None
+    seed: int = 7
+
+
+Measure = Callable[[Services, Options], list[Section]]
+
+
+class Main(Protocol):
+    """A benchmark's entry point: `main(argv) -> exit status`."""
+
+    def __call__(self, argv: list[str] | None = None) -> int:
+        """Run with these arguments (None: sys.argv[1:])."""
+
+
+def parser(name: str, about: str) -> argparse.ArgumentParser:
+    """The shared command line of `python -m bench.NAME`."""
+    parse = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=about)
+    parse.add_argument("--quick", action="store_true",
+                       help="trivial sizes: checks that it runs, the figures mean little")
+    parse.add_argument("--keep", type=Path, metavar="DIR",
+                       help="keep the scratch folder (Redis data, worker logs) in DIR")
+    parse.add_argument("--profile", type=Path, metavar="DIR",
+                       help="profile every rcbatch worker process with cProfile into DIR")
+    parse.add_argument("--seed", type=int, default=7, help="the simulator's seed")
+    return parse
+
+
+def entry(name: str, about: str, measure: Measure) -> Main:
+    """A `main(argv) -> int` that parses the shared options, measures and prints."""
+
+    def main(argv: list[str] | None = None) -> int:
+        args = parser(name, about).parse_args(sys.argv[1:] if argv is None else argv)
+        opts = Options(quick=args.quick, keep=args.keep, profile=args.profile, seed=args.seed)
+        started = time.monotonic()
+        with Services(keep=opts.keep) as svc:
+            sections = measure(svc, opts)
+        show(sections, f"{name}{' --quick' if opts.quick else ''}: "
+                       f"{time.monotonic() - started:.0f} s on {machine()}")
+        if opts.profile:
+            write_profile_reports(opts.profile)
+        return 0
+
+    main.__doc__ = f"`python -m bench.{name}`: {about}"
+    return main
+
+
+def save(out: Any, opts: Options, name: str) -> None:
+    """With --keep, write a run's jobs to KEEP/NAME-jobs.csv (an Outcome's `save`)."""
+    if opts.keep is not None:
+        out.save(opts.keep / f"{name}-jobs.csv")
+
+
+def write_profile_reports(folder: Path) -> None:
+    """Merge the workers' cProfile files into readable reports in `folder`."""
+    from bench.profiling import report
+
+    for role in ("child", "main"):
+        for order in ("cumulative", "tottime"):
+            path = folder / f"report-{role}-{order}.txt"
+            path.write_text(report(folder, role, 80, order))
+    print(f"_worker profiles (CPU time, cProfile): {folder}/report-*.txt_", flush=True)
+
+
+def show(sections: list[Section], footer: str) -> None:
+    """Print the sections' tables (and remember them for a summary)."""
+    PRINTED.extend(sections)
+    print(markdown(sections) + f"\n_{footer}_\n", flush=True)

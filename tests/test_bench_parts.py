@@ -1,0 +1,88 @@
+"""The parts of benchmarks 5-7 (bench/enqueue.py, streaming.py, scale.py) that compute figures.
+
+The benchmarks themselves run for minutes; these check, fast, that what they compare is
+comparable (the raw baseline writes what rcbatch writes) and that their arithmetic holds.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from bench.enqueue import RAW_SCRIPT, run_child, write_rows
+from bench.pipeline import Knobs
+from bench.scale import Run, Sample
+from bench.streaming import Stream, Target, figures
+from producer.batch import register_batch
+from producer.spec import read_and_check
+from worker import keys
+from worker.state import Store
+
+
+def test_generated_rows_are_valid_distinct_items(tmp_path: Path) -> None:
+    path = write_rows(tmp_path / "rows.jsonl", 50)
+    checked = read_and_check([path])
+    assert checked.problems == []
+    assert len({item.item_id for item in checked.items}) == 50
+
+
+def test_raw_baseline_writes_the_record_rcbatch_writes(redis_url: str, tmp_path: Path) -> None:
+    path = write_rows(tmp_path / "rows.jsonl", 3)
+    raw = run_child([sys.executable, "-c", RAW_SCRIPT, redis_url, str(path)], {})
+    assert raw.stdout.strip() == "3"
+    store = Store(redis.Redis.from_url(redis_url))
+    reg = register_batch(store, read_and_check([path]).items, name="n", bucket_url="file:///b",
+                         sources=[str(path)])
+    ours = store.item(reg.batch_id, store.item_ids(reg.batch_id)[0]) or {}
+    theirs = {k.decode() for k in store.redis.hkeys("raw:item:raw-1")}
+    assert theirs == set(ours)
+    assert store.redis.llen("raw:pending") == store.redis.llen(keys.pending(reg.batch_id))
+
+
+def test_run_child_reports_its_own_peak_memory_and_failures() -> None:
+    big = run_child([sys.executable, "-c", "x = bytearray(96 * 1024 * 1024); print(len(x))"], {})
+    assert big.peak_rss >= 96 * 1024 * 1024
+    assert big.stdout.strip() == str(96 * 1024 * 1024)
+    with pytest.raises(RuntimeError, match="exited 3"):
+        run_child([sys.executable, "-c", "import sys; sys.exit(3)"], {})
+
+
+def _sample(used: int, terminal: int, *, queued: int = 0, live: int = 0) -> Sample:
+    return Sample(t=0.0, used=used, queued=queued, unacked=0, inflight=0, due=0, pending=0,
+                  terminal=terminal, live=live)
+
+
+def test_scale_residual_is_the_memory_item_records_do_not_explain() -> None:
+    base, items = 10_000, 100
+    run = Run(items=items, knobs=Knobs(), base=base, registered=base + items * 500,
+              end=base + items * 800, seconds=1.0, worker_cpu=0.0, pending_record=0,
+              finished_record=0)
+    halfway = _sample(base + items * 500 + 50 * 300 + 4096, terminal=50)
+    assert run.per_registered == 500
+    assert run.per_finished == 800
+    assert run.residual(halfway) == 4096
+    assert run.residual(_sample(run.end, terminal=items)) == 0
+
+
+def test_scale_counts_queued_and_unacked_messages_as_outstanding() -> None:
+    run = Run(items=10, knobs=Knobs(), base=0, registered=0, end=0, seconds=1.0,
+              worker_cpu=0.0, pending_record=0, finished_record=0,
+              samples=[_sample(0, 0, queued=3), _sample(0, 0, queued=7)])
+    assert run.max_outstanding() == 7
+
+
+def test_streaming_share_is_held_against_the_plain_download() -> None:
+    target = Target("local", "local", "file:///b", lambda size: 1.0)
+    stream = Stream(target, size=1024 * 1024 * 100, seconds=2.0, growth=0, main_growth=0,
+                    worker_cpu=0.0, server_cpu=0.0, plain_seconds=1.0,
+                    plain_async_seconds=1.0, ceiling_seconds=1.5, tail=None)
+    shown = {f.name: f for f in figures(stream)}
+    share = shown["local: throughput / plain download"]
+    assert share.value == pytest.approx(50.0)
+    assert share.ok is True
+    # against the slower of the download (100 MiB/s) and the store alone (66.7 MiB/s)
+    assert shown["local: throughput / min(plain download, store ceiling)"].value == \
+        pytest.approx(75.0)
