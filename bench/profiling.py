@@ -13,13 +13,11 @@ import cProfile
 import io
 import os
 import pstats
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from rcbatch.lifetime import die_with_parent
 from tests.cluster import Workers
 
 _profiler: cProfile.Profile | None = None
@@ -73,22 +71,11 @@ class ProfiledWorkers(Workers):
         super().__init__(*args, **kwargs)
         self.out_dir = out_dir
 
-    def start(self, n: int) -> subprocess.Popen[bytes]:
-        """Start profiled worker `n` (worker 0 also runs beat)."""
-        argv = [sys.executable, "-m", "bench.profiling", str(self.out_dir), "--concurrency",
+    def command(self, n: int) -> list[str]:
+        """Worker `n` run under `python -m bench.profiling OUT_DIR`."""
+        return [sys.executable, "-m", "bench.profiling", str(self.out_dir), "--concurrency",
                 str(self.concurrency), "--hostname", f"bench{n}-{os.getpid()}@%h",
                 "--without-gossip", "--without-mingle"]
-        if self.beat and n == 0:
-            argv += ["--beat", "--schedule", str(self.log_dir / "beat-schedule")]
-        with (self.log_dir / f"worker-{n}.log").open("ab") as log:
-            proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=log,
-                                    preexec_fn=die_with_parent(), start_new_session=True)
-        self._groups.add(proc.pid)
-        if n < len(self.procs):
-            self.procs[n] = proc
-        else:
-            self.procs.append(proc)
-        return proc
 
 
 def report(out_dir: Path, role: str = "child", top: int = 40, sort: str = "tottime") -> str:

@@ -39,11 +39,15 @@ class Workers:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self, n: int) -> subprocess.Popen[bytes]:
-        """Start worker `n` (worker 0 also runs beat when asked)."""
-        argv = [sys.executable, "-m", "rcbatch", "worker", "--concurrency",
+    def command(self, n: int) -> list[str]:
+        """The command line of worker `n`, before the beat options."""
+        return [sys.executable, "-m", "rcbatch", "worker", "--concurrency",
                 str(self.concurrency), "--hostname", f"test{n}-{os.getpid()}@%h",
                 "--without-gossip", "--without-mingle"]
+
+    def start(self, n: int) -> subprocess.Popen[bytes]:
+        """Start worker `n` (worker 0 also runs beat when asked)."""
+        argv = self.command(n)
         if self.beat and n == 0:
             argv += ["--beat", "--schedule", str(self.log_dir / "beat-schedule")]
         log = (self.log_dir / f"worker-{n}.log").open("ab")
