@@ -9,14 +9,14 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from bench.harness import Sampler
 from runcomfy.simulator import SimulatorConfig, SimulatorServer
 from tests.cluster import Workers, wait_finished
 from tests.s3server import MotoS3Server, create_bucket
@@ -116,28 +116,13 @@ def _wait_for_manifest(s3: MotoS3Server, bid: str, lines: int) -> list[dict[str,
     raise AssertionError("the final manifest never appeared")
 
 
-class StatsSampler:
-    """Samples the simulator's in_queue / in_progress counts in a background thread."""
+def queue_counts(url: str) -> Callable[[], tuple[int, int]]:
+    """A probe: the simulator's (in_queue, in_progress) now."""
+    def probe() -> tuple[int, int]:
+        stats = httpx.get(f"{url}/_sim/stats", timeout=5).json()
+        return stats["in_queue"], stats["in_progress"]
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.samples: list[tuple[int, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> StatsSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=5) as client:
-            while not self._stop.wait(0.05):
-                stats = client.get(f"{self.url}/_sim/stats").json()
-                self.samples.append((stats["in_queue"], stats["in_progress"]))
+    return probe
 
 
 def test_one_worker_slot_keeps_the_api_cap_full_without_exceeding_it(
@@ -151,7 +136,7 @@ def test_one_worker_slot_keeps_the_api_cap_full_without_exceeding_it(
                  "width×height": "1024x1024(1:1)"} for k in range(40)]
         spec = write_jsonl(tmp_path / "cap.jsonl", rows)
         with Workers(env, tmp_path, count=1, concurrency=1) as workers, \
-                StatsSampler(sim.base_url) as sampler:
+                Sampler(queue_counts(sim.base_url), every=0.05) as sampler:
             done = rcbatch("submit", str(spec), "--json", env=env)
             assert done.returncode == 0, done.stderr
             bid = json.loads(done.stdout)["batch_id"]

@@ -10,8 +10,7 @@ import contextlib
 import json
 import re
 import ssl
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -20,6 +19,7 @@ import pytest
 import redis
 from celery import Celery
 
+from bench.harness import Sampler
 from config import Settings
 from rcbatch.embedded_redis import EmbeddedRedis, ensure_redis
 from tests.test_cli import rcbatch, write_rows
@@ -95,34 +95,22 @@ def files_under(*roots: Path) -> dict[str, bytes]:
             if p.is_file()}
 
 
-class CommandLines:
-    """Watches every process's command line (what `ps` shows) for secrets, in the background."""
+def command_lines_with(needles: Iterable[bytes]) -> Callable[[], set[str]]:
+    """A probe: the command lines (what `ps` shows) of every process that holds a needle."""
+    wanted = list(needles)
 
-    def __init__(self, needles: Iterable[bytes]) -> None:
-        self.needles = list(needles)
-        self.seen: set[str] = set()
-        self.scans = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    def scan() -> set[str]:
+        seen = set()
+        for proc in Path("/proc").iterdir():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if any(n in cmdline for n in wanted):
+                seen.add(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+        return seen
 
-    def __enter__(self) -> CommandLines:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            for proc in Path("/proc").iterdir():
-                try:
-                    cmdline = (proc / "cmdline").read_bytes()
-                except OSError:
-                    continue
-                if any(n in cmdline for n in self.needles):
-                    self.seen.add(cmdline.replace(b"\0", b" ").decode(errors="replace"))
-            self.scans += 1
+    return scan
 
 
 @pytest.mark.e2e
@@ -137,7 +125,7 @@ def test_a_whole_batch_leaves_no_trace_of_the_token_or_the_redis_password(
                "RCBATCH_STEP_GRACE": "3", "RCBATCH_SUBMIT_RATE": "200"}
         spec = write_rows(tmp_path / "secret.jsonl", 16)
         secrets = [*forms(TOKEN), *forms(PASSWORD)]
-        with CommandLines(secrets) as ps:
+        with Sampler(command_lines_with(secrets), every=0.1) as ps:
             done = rcbatch("run", str(spec), "--simulate", "--simulate-args", FAULTS,
                            "--workers", "2", "--name", "secrets", env=env, timeout=150)
         assert done.returncode in (0, 1), done.stderr
@@ -167,7 +155,8 @@ def test_a_whole_batch_leaves_no_trace_of_the_token_or_the_redis_password(
     assert any(bid.encode() in part for part in with_decoded(b"".join(dump.values())))
     assert '"state": "finished"' in status.stdout  # the password URL works for the CLI too
     assert wrong.returncode == 3 and wrong.stderr.startswith("rcbatch: error: Redis")
-    assert ps.scans > 10 and not ps.seen, ps.seen
+    seen = set().union(*ps.samples)
+    assert len(ps.samples) > 10 and not seen, seen
     assert hits(sources, secrets) == []
 
 
