@@ -66,3 +66,18 @@ def test_the_contact_sheet_is_written_beside_the_manifest() -> None:
     asyncio.run(write_manifest(batch(), bucket, "b"))
     page = bucket.get_bytes("b/index.html").decode()
     assert "i0/0.png" in page and "refused, sorry" in page
+
+
+def test_a_manifest_larger_than_its_write_chunks_is_whole_in_both_files() -> None:
+    store = Store(fakeredis.FakeRedis())
+    prompt = "x" * 600  # ~1.3 MiB per file over 2,000 items: several 1 MiB chunks
+    store.register("b", {"name": "n"}, [NewItem(f"i{k}", "in.jsonl", k + 1, "m",
+                                                {"prompt": f"{k}{prompt}"})
+                                        for k in range(2000)])
+    bucket = MemoryBucket()
+    asyncio.run(write_manifest(store, bucket, "b"))
+    lines = [json.loads(x) for x in bucket.get_bytes("b/manifest.jsonl").splitlines()]
+    rows = list(csv.reader(io.StringIO(bucket.get_bytes("b/manifest.csv").decode())))
+    assert [x["item_id"] for x in lines] == [f"i{k}" for k in range(2000)]
+    assert [r[0] for r in rows[1:]] == [f"i{k}" for k in range(2000)]
+    assert json.loads(rows[-1][-1]) == {"prompt": f"1999{prompt}"}

@@ -330,3 +330,23 @@ def test_a_scheduled_batch_waits_for_its_time_then_runs(h: Harness) -> None:
     reconciler.reconcile(h.rt)
     h.drive()
     assert h.state("i0") == keys.COMPLETED
+
+
+def test_a_slot_freed_by_a_finished_job_is_refilled_by_a_submit_in_the_same_step() -> None:
+    h = Harness(Limits(max_in_flight=2, submit_rate=1000))
+    ids = h.register(5)
+    kinds = [h.step()[0] for _ in range(200) if h.publisher.sent]
+    assert [h.state(i) for i in ids] == [keys.COMPLETED] * 5
+    assert len(h.api.calls("submit")) == 5
+    assert kinds.count("submit") == 2  # the first two; each later one rode on a finished poll
+
+
+def test_a_run_of_refused_items_refills_without_recursing() -> None:
+    h = Harness(Limits(max_in_flight=1, submit_rate=1000))
+    ids = h.register(60)
+    h.api.fail_next("submit", times=60, status=422, body={"error_message": "no"})
+    h.step()  # the first refusal refills inline once; the next refill is left to a nudge
+    assert [k for k, _, _ in h.publisher.sent if k != "manifest"] == ["submit"]
+    h.drive()
+    assert [h.state(i) for i in ids] == [keys.FAILED] * 60
+    assert len(h.api.calls("submit")) == 60

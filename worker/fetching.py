@@ -29,17 +29,18 @@ _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp",
 def fetch(rt: Runtime, bid: str, iid: str, seq: int) -> None:
     """Store every output of one item whose step is still `seq`, then complete it."""
     guard = ("seq", str(seq))
-    ok, _, deliveries = rt.store.begin_step(bid, iid, expect=(keys.FETCHING,), guard=guard)
-    if not ok:
+    step = rt.store.begin_step(bid, iid, expect=(keys.FETCHING,), guard=guard)
+    if not step.ok:
         return
-    if deliveries > rt.limits.max_deliveries:
+    if step.deliveries > rt.limits.max_deliveries:
         rt.finish(bid, iid, expect=(keys.FETCHING,), to=keys.FAILED, guard=guard, error={
             "kind": "worker_lost", "message": f"storing outputs crashed a worker "
-                                              f"{deliveries - 1} times"})
+                                              f"{step.deliveries - 1} times"})
         return
-    item = rt.store.item(bid, iid) or {}
+    item = step.item
     try:
-        stored = _store_all(rt, bid, iid, item, seq)
+        stored = _store_all(rt, rt.buckets(step.batch.get("bucket_url", "")), bid, iid, item,
+                            seq)
     except RetryLater as exc:
         _retry(rt, bid, iid, item, seq, exc, rt.limits.max_step_errors, exc.retry_after)
     except OutputLost as exc:
@@ -56,19 +57,20 @@ def fetch(rt: Runtime, bid: str, iid: str, seq: int) -> None:
                   error={"kind": exc.kind, "message": exc.message})
     else:
         rt.finish(bid, iid, expect=(keys.FETCHING,), to=keys.COMPLETED, guard=guard,
-                  values={"outputs": json.dumps(stored)})
+                  values={"outputs": json.dumps(stored)}, item=item)
 
 
-def _store_all(rt: Runtime, bid: str, iid: str, item: dict[str, str],
+def _store_all(rt: Runtime, bucket: Any, bid: str, iid: str, item: dict[str, str],
                seq: int) -> list[dict[str, Any]]:
     urls = json.loads(item.get("output_urls") or "[]")
     stored: list[dict[str, Any]] = json.loads(item.get("outputs") or "[]")
-    bucket = rt.bucket_for(bid)
     for n, output in enumerate(urls):
         if any(s.get("index") == n for s in stored):
             continue
         beat = _Heartbeat(rt, bid, iid, seq)
         stored.append(rt.run(_store_one(rt, bucket, bid, iid, n, output["url"], beat)))
+        if len(stored) == len(urls):
+            break  # the last one is recorded by the item's completion
         rt.store.transition(bid, iid, expect=(keys.FETCHING,), guard=("seq", str(seq)),
                             due=rt.clock() + rt.limits.step_grace,
                             values={"outputs": json.dumps(stored)})

@@ -3,7 +3,8 @@
 `manifest.jsonl` follows CONTRACT.md (item_id, line, model, input, status, request_id,
 attempts, outputs, error, submitted_at, finished_at, plus cost and history when known);
 `manifest.csv` carries the same for spreadsheet users. Both are rewritten whole (streamed,
-never built in memory) by a debounced task while the batch runs and once more when it ends.
+never built in memory; one read of the items for both and the contact sheet) by a debounced
+task while the batch runs and once more when it ends.
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import tempfile
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
 from worker import contact_sheet, keys
 from worker.bucket import Bucket, StoredObject, object_key
 from worker.state import Store
 
 SHEET_LIMIT = 5000
+_CHUNK_BYTES = 1 << 20
+_SPOOL_BYTES = 8 << 20
 CSV_COLUMNS = ("item_id", "file", "line", "model", "status", "request_id", "attempts",
                "outputs", "sha256", "bytes", "error_kind", "error_message", "submitted_at",
                "finished_at", "cost", "input")
@@ -72,13 +76,22 @@ def manifest_keys(bid: str) -> tuple[str, str]:
 
 
 async def write_manifest(store: Store, bucket: Bucket, bid: str) -> StoredObject:
-    """Rewrite both manifest files of a batch; returns the JSONL object."""
+    """Rewrite both manifest files and the contact sheet of a batch from one read of its
+    items (a rewrite of a big batch is mostly that read); returns the JSONL object.
+
+    The JSONL streams straight into the bucket while the CSV rows are spooled to a temporary
+    file (memory up to `_SPOOL_BYTES`, then disk) and stored after it.
+    """
     jsonl_key, csv_key = manifest_keys(bid)
-    stored = await bucket.put_stream(jsonl_key, _aiter(_jsonl_chunks(store.iter_items(bid))),
-                                     content_type="application/x-ndjson")
-    await bucket.put_stream(csv_key, _aiter(_csv_chunks(store.iter_items(bid))),
-                            content_type="text/csv")
-    write_contact_sheet(store, bucket, bid)
+    sheet: list[dict[str, Any]] = []
+    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as spool:
+        lines = _kept_and_spooled(store.iter_items(bid), sheet, spool)
+        stored = await bucket.put_stream(jsonl_key, _aiter(_jsonl_chunks(lines)),
+                                         content_type="application/x-ndjson")
+        spool.seek(0)
+        await bucket.put_stream(csv_key, _aiter(iter(lambda: spool.read(_CHUNK_BYTES), b"")),
+                                content_type="text/csv")
+    _put_contact_sheet(store, bucket, bid, sheet)
     return stored
 
 
@@ -89,32 +102,44 @@ def write_contact_sheet(store: Store, bucket: Bucket, bid: str) -> StoredObject:
         lines.append(manifest_line(record))
         if len(lines) >= SHEET_LIMIT:
             break
+    return _put_contact_sheet(store, bucket, bid, lines)
+
+
+def _put_contact_sheet(store: Store, bucket: Bucket, bid: str,
+                       lines: list[dict[str, Any]]) -> StoredObject:
     name = (store.batch(bid) or {}).get("name") or bid
     page = contact_sheet.render(bid, lines, title=f"{name} ({bid})")
     return bucket.put_bytes(object_key(bid, "index.html"), page.encode(),
                             content_type="text/html; charset=utf-8")
 
 
-def _jsonl_chunks(records: Iterable[Mapping[str, str]]) -> Iterator[bytes]:
-    buffer = io.StringIO()
-    for record in records:
-        buffer.write(json.dumps(manifest_line(record), ensure_ascii=False) + "\n")
-        if buffer.tell() > 1 << 20:
-            yield buffer.getvalue().encode()
-            buffer = io.StringIO()
-    yield buffer.getvalue().encode()
-
-
-def _csv_chunks(records: Iterable[Mapping[str, str]]) -> Iterator[bytes]:
+def _kept_and_spooled(records: Iterable[Mapping[str, str]], sheet: list[dict[str, Any]],
+                      spool: IO[bytes]) -> Iterator[dict[str, Any]]:
+    """Each record's manifest entry; on the way, its CSV row goes to `spool` and the first
+    SHEET_LIMIT entries to `sheet`."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
     for record in records:
-        writer.writerow(csv_row(manifest_line(record)))
-        if buffer.tell() > 1 << 20:
-            yield buffer.getvalue().encode()
+        line = manifest_line(record)
+        writer.writerow(csv_row(line))
+        if buffer.tell() > _CHUNK_BYTES:
+            spool.write(buffer.getvalue().encode())
             buffer.seek(0)
             buffer.truncate()
+        if len(sheet) < SHEET_LIMIT:
+            sheet.append(line)
+        yield line
+    spool.write(buffer.getvalue().encode())
+
+
+def _jsonl_chunks(lines: Iterable[Mapping[str, Any]]) -> Iterator[bytes]:
+    buffer = io.StringIO()
+    for line in lines:
+        buffer.write(json.dumps(line, ensure_ascii=False) + "\n")
+        if buffer.tell() > _CHUNK_BYTES:
+            yield buffer.getvalue().encode()
+            buffer = io.StringIO()
     yield buffer.getvalue().encode()
 
 

@@ -35,17 +35,19 @@ HOP_SLACK = 0.05
 def poll(rt: Runtime, bid: str, iid: str, seq: int) -> None:
     """Poll one item's remote job if `seq` is still its current step."""
     guard = ("seq", str(seq))
-    ok, state, deliveries = rt.store.begin_step(bid, iid, expect=_REMOTE, guard=guard)
-    if not ok:
+    step = rt.store.begin_step(bid, iid, expect=_REMOTE, guard=guard)
+    if not step.ok:
         return
-    if deliveries > rt.limits.max_deliveries:
+    if step.deliveries > rt.limits.max_deliveries:
         rt.finish(bid, iid, expect=_REMOTE, to=keys.FAILED, guard=guard, error={
-            "kind": "worker_lost", "message": f"polling crashed a worker {deliveries - 1} times"})
+            "kind": "worker_lost",
+            "message": f"polling crashed a worker {step.deliveries - 1} times"})
         return
-    item = rt.store.item(bid, iid) or {}
-    if _hop(rt, bid, iid, item, seq):
+    item, cancelled = step.item, step.batch.get("state") == keys.BATCH_CANCELLED
+    if _hop(rt, bid, iid, item, seq, cancelled):
         return
-    if state == keys.SUBMITTED and _cancelled_remotely(rt, bid, iid, item, seq):
+    if step.state == keys.SUBMITTED and cancelled and _cancelled_remotely(rt, bid, iid, item,
+                                                                          seq):
         return
     if _waits_for_scout(rt, bid, iid, item, seq):
         return
@@ -62,14 +64,16 @@ def poll(rt: Runtime, bid: str, iid: str, seq: int) -> None:
     except (ItemFailed, RcbatchError) as exc:
         rt.finish(bid, iid, expect=_REMOTE, to=keys.FAILED, guard=guard, error=exc.as_record())
     else:
-        _on_answer(rt, bid, iid, item, seq, answer)
+        _on_answer(rt, bid, iid, item, seq, answer, discard=cancelled and bool(
+            step.batch.get("discard")))
 
 
-def _hop(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int) -> bool:
+def _hop(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
+         cancelled: bool) -> bool:
     """A poll planned further ahead than one countdown may reach wakes up early: sleep the
     rest (one more hop) without asking the API; True when it did."""
     remaining = float(item.get("poll_at") or 0) - rt.clock()
-    if remaining <= HOP_SLACK or (rt.store.batch(bid) or {}).get("state") == keys.BATCH_CANCELLED:
+    if remaining <= HOP_SLACK or cancelled:
         return False
     return _schedule(rt, bid, iid, seq, remaining, {})
 
@@ -118,8 +122,6 @@ def _cancelled_remotely(rt: Runtime, bid: str, iid: str, item: dict[str, str],
                         seq: int) -> bool:
     """In a cancelled batch, ask the API to cancel a still-queued job (a running one is paid
     for: it is left to finish and its outputs are stored)."""
-    if (rt.store.batch(bid) or {}).get("state") != keys.BATCH_CANCELLED:
-        return False
     try:
         answer = rt.run(rt.client.cancel(item["request_id"]))
     except RcbatchError as exc:
@@ -132,11 +134,11 @@ def _cancelled_remotely(rt: Runtime, bid: str, iid: str, item: dict[str, str],
 
 
 def _on_answer(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
-               answer: ResultAnswer) -> None:
+               answer: ResultAnswer, *, discard: bool) -> None:
     guard = ("seq", str(seq))
     # A failed job never gets here: the client raises JobFailed for it.
     if answer.state is JobState.SUCCEEDED:
-        _succeeded(rt, bid, iid, item, seq, answer)
+        _succeeded(rt, bid, iid, item, seq, answer, discard)
     elif answer.state is JobState.CANCELLED:
         rt.finish(bid, iid, expect=_REMOTE, to=keys.CANCELLED, guard=guard,
                   error={"kind": "cancelled", "message": "the job was cancelled at the API"})
@@ -161,15 +163,14 @@ def _still_waiting(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: i
 
 
 def _succeeded(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
-               answer: ResultAnswer) -> None:
+               answer: ResultAnswer, discard: bool) -> None:
     now = rt.clock()
     if not answer.outputs:
         rt.finish(bid, iid, expect=_REMOTE, to=keys.FAILED, guard=("seq", str(seq)),
                   error={"kind": "no_output", "message": "the job succeeded with no output"})
         return
     rt.store.record_duration(item["model"], _job_time(answer, item, now))
-    record = rt.store.batch(bid) or {}
-    if record.get("state") == keys.BATCH_CANCELLED and record.get("discard"):
+    if discard:
         rt.finish(bid, iid, expect=_REMOTE, to=keys.CANCELLED, guard=("seq", str(seq)),
                   error={"kind": "cancelled", "message": "the batch was cancelled; outputs "
                                                          "discarded"})
@@ -189,7 +190,7 @@ def _succeeded(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
         from worker.fetching import fetch  # late: avoid import cycles
         from worker.submission import dispatch
 
-        dispatch(rt)  # the slot is free: fill it before the download
+        dispatch(rt, inline=1)  # the slot is free: fill it before the download
         # Stored right here rather than through a fetch nudge: one task and one hop less per
         # job. The item is `fetching` with its own step and deadline, so if this process dies
         # the reconciler re-drives the fetch exactly as it would a lost nudge.

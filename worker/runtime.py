@@ -107,6 +107,8 @@ class Runtime:
     clock: Callable[[], float] = time.time
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     log: Any = field(default_factory=lambda: structlog.get_logger("rcbatch.worker"))
+    #: set while a refill submits an item in this process (worker/submission.py)
+    submitting_inline: bool = False
 
     def __post_init__(self) -> None:
         if self.pacer is None:
@@ -130,37 +132,48 @@ class Runtime:
 
     def finish(self, bid: str, iid: str, *, expect: tuple[str, ...], to: str,
                guard: tuple[str, str] | None = None, error: dict[str, str] | None = None,
-               values: dict[str, Any] | None = None) -> bool:
-        """Move an item to a terminal state, free its slot, and nudge what follows."""
+               values: dict[str, Any] | None = None,
+               item: dict[str, str] | None = None) -> bool:
+        """Move an item to a terminal state, free its slot, and nudge what follows (`item`,
+        the record the caller already read, saves a read for the log's request id)."""
         fields: dict[str, Any] = {"finished_at": self.clock(), **(values or {})}
         if error is not None:
             fields["error"] = json.dumps(error)
-        ok, _ = self.store.transition(bid, iid, expect=expect, to=to, guard=guard, due=REMOVE,
-                                      inflight=REMOVE, values=fields)
+        ok, before = self.store.transition(bid, iid, expect=expect, to=to, guard=guard,
+                                           due=REMOVE, inflight=REMOVE, values=fields)
         if ok:
-            request_id = self.store.redis.hget(keys.item(bid, iid), "request_id")
-            log = self.item_log(bid, iid).bind(request_id=request_id.decode()) \
+            request_id = item.get("request_id") if item is not None else \
+                _text_or_none(self.store.redis.hget(keys.item(bid, iid), "request_id"))
+            log = self.item_log(bid, iid).bind(request_id=request_id) \
                 if request_id else self.item_log(bid, iid)
             log.info("item_" + to, state=to, error=error)
-            self.after_terminal(bid)
+            # a fetching item's slot was freed (and refilled) when its job ended
+            self.after_terminal(bid, refill=before != keys.FETCHING)
         return ok
 
-    def after_terminal(self, bid: str) -> None:
+    def after_terminal(self, bid: str, *, refill: bool = True) -> None:
         """An item ended: schedule a manifest refresh (debounced) and fill freed slots."""
         from worker.submission import dispatch  # late: submission imports this module
 
-        flag = f"{keys.batch(bid)}:manifest_pending"
-        if self.store.is_finished(bid):
+        finished, total = self.store.progress(bid)
+        if finished:
             self.publisher.manifest(bid, countdown=0)
         else:
-            every = self._manifest_every(bid)
+            every = manifest_every(total)
+            flag = f"{keys.batch(bid)}:manifest_pending"
             if self.store.redis.set(flag, "1", nx=True, ex=int(every) + 30):
                 self.publisher.manifest(bid, countdown=every)
-        dispatch(self)
+        if refill:
+            dispatch(self, inline=1)
 
-    def _manifest_every(self, bid: str) -> float:
-        """Seconds between manifest refreshes of a running batch: a refresh reads every item,
-        so the interval grows with the batch (5 s to 30 s) to keep its cost per item flat
-        (measured: refreshing every 5 s took a third of the workers' CPU at 2,000 items)."""
-        total = int(self.store.redis.hget(keys.batch(bid), "total") or 0)
-        return min(30.0, max(5.0, total * MANIFEST_SECONDS_PER_ITEM))
+
+def manifest_every(total: int) -> float:
+    """Seconds between manifest refreshes of a running batch of `total` items: a refresh
+    reads every item, so the interval grows with the batch (5 s to 30 s) to keep its cost
+    per item flat (measured: refreshing every 5 s took a third of the workers' CPU at 2,000
+    items)."""
+    return min(30.0, max(5.0, total * MANIFEST_SECONDS_PER_ITEM))
+
+
+def _text_or_none(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value

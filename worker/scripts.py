@@ -50,8 +50,9 @@ elseif ARGV[7] ~= '' then redis.call('ZADD', KEYS[4], ARGV[7], ARGV[1]) end
 return {1, cur}
 """
 
-# A task starting its step: counts deliveries of the same step so a crash loop ends.
-# KEYS: item   ARGV: allowed states, guard field ('' none), guard value
+# A task starting its step: counts deliveries of the same step so a crash loop ends, and
+# hands the step the item's record and its batch's state in the same round trip.
+# KEYS: item, batch   ARGV: allowed states, guard field ('' none), guard value
 BEGIN_STEP = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {0, '', 0} end
@@ -60,7 +61,8 @@ for s in string.gmatch(ARGV[1], '%S+') do if s == cur then allowed = true end en
 if not allowed then return {0, cur, 0} end
 if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], ARGV[2]) ~= ARGV[3] then return {0, cur, 0} end
 local n = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
-return {1, cur, n}
+return {1, cur, n, redis.call('HGETALL', KEYS[1]),
+        redis.call('HMGET', KEYS[2], 'state', 'discard', 'bucket_url')}
 """
 
 # Take pending items of one batch while in-flight slots are free.

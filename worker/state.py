@@ -19,7 +19,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -41,6 +41,18 @@ class NewItem:
     model: str
     input: Mapping[str, Any]
     extra: Mapping[str, str] = field(default_factory=dict)
+
+
+class Step(NamedTuple):
+    """What `Store.begin_step` tells a step: may it run, the item's state, how many times
+    this step was started, and (when it may run) the item's record and a few fields of its
+    batch's record (state, discard, bucket_url)."""
+
+    ok: bool
+    state: str
+    deliveries: int
+    item: dict[str, str]
+    batch: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -137,9 +149,17 @@ class Store:
 
     def is_finished(self, bid: str) -> bool:
         """True when every item of the batch is in a terminal state."""
-        counts = self.counts(bid)
-        total = int(self.redis.hget(keys.batch(bid), "total") or 0)
-        return sum(counts[s] for s in keys.PUBLIC_TERMINAL) >= total
+        return self.progress(bid)[0]
+
+    def progress(self, bid: str) -> tuple[bool, int]:
+        """(every item terminal, how many items), read in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.counts(bid))
+            pipe.hget(keys.batch(bid), "total")
+            raw, total = pipe.execute()
+        counts = _decode(raw)
+        ended = sum(int(counts.get(s, 0)) for s in keys.PUBLIC_TERMINAL)
+        return ended >= int(total or 0), int(total or 0)
 
     def active_batches(self) -> list[str]:
         """Batches not yet finished, oldest first."""
@@ -195,11 +215,18 @@ class Store:
         return bool(ok), _text(before)
 
     def begin_step(self, bid: str, iid: str, *, expect: Iterable[str],
-                   guard: tuple[str, str] | None = None) -> tuple[bool, str, int]:
-        """Count a task starting its step; (allowed, state, deliveries of this step)."""
-        ok, state, n = self._begin(keys=[keys.item(bid, iid)], args=[
+                   guard: tuple[str, str] | None = None) -> Step:
+        """Count a task starting its step; when allowed, the item's record and its batch's
+        state come back in the same round trip (a step reads them anyway)."""
+        out = self._begin(keys=[keys.item(bid, iid), keys.batch(bid)], args=[
             " ".join(expect), guard[0] if guard else "", guard[1] if guard else ""])
-        return bool(ok), _text(state), int(n)
+        if not out[0]:
+            return Step(False, _text(out[1]), 0, {}, {})
+        flat = [_text(x) for x in out[3]]
+        batch = dict(zip(("state", "discard", "bucket_url"),
+                         (_text(v) if v is not None else "" for v in out[4]), strict=True))
+        return Step(True, _text(out[1]), int(out[2]), dict(zip(flat[0::2], flat[1::2],
+                                                                strict=True)), batch)
 
     def claim(self, bid: str, *, cap: int, lease: float, claim_due: float,
               limit: int = 100) -> list[tuple[str, str]]:

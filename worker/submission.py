@@ -24,9 +24,15 @@ from worker.runtime import Runtime
 from worker.state import REMOVE
 
 
-def dispatch(rt: Runtime, limit: int = 200) -> int:
-    """Claim pending items of every active batch while slots are free; nudge their submits."""
-    sent = 0
+def dispatch(rt: Runtime, limit: int = 200, inline: int = 0) -> int:
+    """Claim pending items of every active batch while slots are free; nudge their submits.
+
+    Up to `inline` of them are submitted right here instead (a slot refilled when a job
+    ends: one task less per job). Never while this process is already submitting inline,
+    so a run of refused items cannot recurse through `finish -> dispatch -> submit`.
+    """
+    sent, here = 0, list[tuple[str, str, str]]()
+    inline = 0 if rt.submitting_inline else inline
     for bid in rt.store.active_batches():
         room = limit - sent
         if room <= 0:
@@ -34,37 +40,55 @@ def dispatch(rt: Runtime, limit: int = 200) -> int:
         claimed = rt.store.claim(bid, cap=rt.limits.max_in_flight, lease=rt.limits.slot_lease,
                                  claim_due=rt.limits.claim_due, limit=room)
         for iid, token in claimed:
-            rt.publisher.submit(bid, iid, token)
+            if len(here) < inline:
+                here.append((bid, iid, token))
+            else:
+                rt.publisher.submit(bid, iid, token)
         sent += len(claimed)
+    for bid, iid, token in here:
+        _submit_inline(rt, bid, iid, token)
     return sent
+
+
+def _submit_inline(rt: Runtime, bid: str, iid: str, token: str) -> None:
+    """Submit a claimed item in this process; if that breaks, leave it to a nudge (the token
+    guard makes a second submit of the same claim a no-op once it has been sent)."""
+    rt.submitting_inline = True
+    try:
+        submit(rt, bid, iid, token)
+    except Exception as exc:  # a bug or Redis gone: the caller's own step must go on
+        rt.item_log(bid, iid).warning("inline_submit_failed", error=type(exc).__name__)
+        rt.publisher.submit(bid, iid, token)
+    finally:
+        rt.submitting_inline = False
 
 
 def submit(rt: Runtime, bid: str, iid: str, token: str) -> None:
     """Submit one claimed item, guarded by its dispatch token."""
-    ok, state, _ = rt.store.begin_step(bid, iid, expect=(keys.CLAIMED, keys.SUBMITTING),
-                                       guard=("token", token))
-    if not ok:
-        rt.item_log(bid, iid).debug("stale_submit", state=state)
+    step = rt.store.begin_step(bid, iid, expect=(keys.CLAIMED, keys.SUBMITTING),
+                               guard=("token", token))
+    if not step.ok:
+        rt.item_log(bid, iid).debug("stale_submit", state=step.state)
         return
-    if state == keys.SUBMITTING:
+    if step.state == keys.SUBMITTING:
         # Another copy of this nudge is sending it right now, or one crashed while sending:
         # either way it may have reached the API. Never send again; the reconciler makes it
         # submit_uncertain once its deadline passes without an answer being recorded.
         return
-    if _held_back(rt, bid, iid, token):
+    if _held_back(rt, bid, iid, token, step.batch.get("state", "")):
         return
     wait = rt.store.acquire_submit(rt.limits.submit_rate)
     if wait > 0:
         _defer(rt, bid, iid, token, wait)
         return
-    if not _within_budget(rt, bid, iid, token):
+    if not _within_budget(rt, bid, iid, token, step.item):
         return
-    _send(rt, bid, iid, token)
+    _send(rt, bid, iid, token, step.item)
 
 
-def _within_budget(rt: Runtime, bid: str, iid: str, token: str) -> bool:
+def _within_budget(rt: Runtime, bid: str, iid: str, token: str, item: dict[str, str]) -> bool:
     """Reserve the item's estimated cost; past the batch's cap, hold the batch."""
-    estimate = _estimate(rt, bid, iid)
+    estimate = float(item.get("estimate") or 0.0)
     if rt.store.reserve_cost(bid, iid, estimate):
         return True
     record = rt.store.batch(bid) or {}
@@ -82,9 +106,8 @@ def _estimate(rt: Runtime, bid: str, iid: str) -> float:
     return float((rt.store.item(bid, iid) or {}).get("estimate") or 0.0)
 
 
-def _held_back(rt: Runtime, bid: str, iid: str, token: str) -> bool:
+def _held_back(rt: Runtime, bid: str, iid: str, token: str, batch_state: str) -> bool:
     """A cancelled or paused batch takes its claimed items back."""
-    batch_state = (rt.store.batch(bid) or {}).get("state", "")
     guard = ("token", token)
     if batch_state == keys.BATCH_CANCELLED:
         rt.finish(bid, iid, expect=(keys.CLAIMED,), to=keys.CANCELLED, guard=guard)
@@ -105,7 +128,7 @@ def _defer(rt: Runtime, bid: str, iid: str, token: str, wait: float) -> None:
     rt.publisher.submit(bid, iid, token, countdown=wait)
 
 
-def _send(rt: Runtime, bid: str, iid: str, token: str) -> None:
+def _send(rt: Runtime, bid: str, iid: str, token: str, item: dict[str, str]) -> None:
     attempt = uuid.uuid4().hex
     now = rt.clock()
     ok, _ = rt.store.transition(
@@ -114,7 +137,6 @@ def _send(rt: Runtime, bid: str, iid: str, token: str) -> None:
         values={"attempt_id": attempt, "+attempts": 1, "submitting_at": now})
     if not ok:
         return
-    item = rt.store.item(bid, iid) or {}
     log = rt.item_log(bid, iid)
     try:
         answer = rt.run(rt.client.submit(item["model"], json.loads(item["input"])))
