@@ -236,10 +236,16 @@ class EmbeddedRedis:
             self._proc.stdin.close()
 
     def _options(self) -> list[str]:
-        """Command-line options: loopback only, AOF fsynced every second, never evict."""
+        """Command-line options: loopback only, AOF fsynced every second, never evict.
+
+        Item records keep the compact listpack encoding with values up to 1 KiB (the default
+        64 bytes converts every finished item, whose outputs JSON is longer, into a hash
+        table): measured 1,607 -> 916 bytes per finished item.
+        """
         return ["--bind", HOST, "--port", str(self.port), "--dir", str(self.data_dir),
                 "--appendonly", "yes" if self._appendonly else "no",
                 "--appendfsync", "everysec", "--maxmemory-policy", "noeviction", "--save", "",
+                "--hash-max-listpack-value", "1024",
                 "--protected-mode", "yes", "--daemonize", "no", "--logfile", str(self.log_file)]
 
     def _wait_ready(self) -> None:

@@ -3,6 +3,7 @@ outlives its owner."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -258,3 +259,12 @@ def test_redis_url_fixture_revives_a_killed_session_server(
     redis_server.kill()
     url: str = request.getfixturevalue("redis_url")
     assert redis.Redis.from_url(url).ping() is True
+
+
+def test_a_finished_item_record_stays_compact(server: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(server.url)
+    outputs = json.dumps([{"index": 0, "key": "b/i0/0.png", "bytes": 1500, "sha256": "a" * 64,
+                           "content_type": "image/png", "url": "file:///tmp/b/i0/0.png"}])
+    client.hset("rcb:item:b:i0", mapping={"state": "completed", "outputs": outputs})
+    assert client.object("encoding", "rcb:item:b:i0") == b"listpack"
+    client.close()
