@@ -222,6 +222,16 @@ def test_a_step_that_keeps_crashing_its_worker_fails_as_worker_lost(h: Harness) 
     assert h.error(iid)["kind"] == "worker_lost"
 
 
+def test_a_submit_that_keeps_crashing_its_worker_fails_unsent(h: Harness) -> None:
+    [iid] = h.register(1)
+    [(_, args, _)] = h.publisher.sent
+    for _ in range(h.rt.limits.max_deliveries):  # started, then the worker died, each time
+        h.store.begin_step("b", iid, expect=(keys.CLAIMED,), guard=("token", args[2]))
+    submission.submit(h.rt, *args)
+    assert h.state(iid) == keys.FAILED and h.api.calls("submit") == []
+    assert h.error(iid)["kind"] == "worker_lost"
+
+
 def test_the_in_flight_cap_holds_back_submissions() -> None:
     h = Harness(Limits(max_in_flight=2, submit_rate=1000))
     h.register(5)

@@ -70,6 +70,14 @@ def submit(rt: Runtime, bid: str, iid: str, token: str) -> None:
     if not step.ok:
         rt.item_log(bid, iid).debug("stale_submit", state=step.state)
         return
+    if step.state == keys.CLAIMED and step.deliveries > rt.limits.max_deliveries:
+        # Started this often without ever reaching the API: something kills the worker
+        # before the send. Nothing was spent; fail it (retry re-runs it) rather than loop.
+        rt.store.refund_cost(bid, iid, float(step.item.get("estimate") or 0.0))
+        rt.finish(bid, iid, expect=(keys.CLAIMED,), to=keys.FAILED, guard=("token", token),
+                  item=step.item, error={"kind": "worker_lost", "message": (
+                      f"submitting crashed a worker {step.deliveries - 1} times; never sent")})
+        return
     if step.state == keys.SUBMITTING:
         # Another copy of this nudge is sending it right now, or one crashed while sending:
         # either way it may have reached the API. Never send again; the reconciler makes it
