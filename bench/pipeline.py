@@ -30,6 +30,7 @@ from bench.harness import (
     forget_broker,
     group_cpu,
 )
+from bench.profiling import Spies
 from config import Settings
 from producer.batch import register_batch
 from producer.spec import ItemSpec
@@ -50,7 +51,8 @@ class Knobs:
     bucket_url: str = ""
     log_level: str = "INFO"
     extra_env: tuple[tuple[str, str], ...] = ()
-    #: when set, every worker process is profiled with cProfile into this folder
+    #: when set, every worker process is sampled with py-spy into a folder of this one
+    #: named after the cluster (bench/profiling.py)
     profile_dir: str = ""
 
 
@@ -172,14 +174,8 @@ class RcbatchCluster:
                "RCBATCH_SUBMIT_RATE": str(knobs.submit_rate),
                "RCBATCH_LOG_LEVEL": knobs.log_level, **dict(knobs.extra_env)}
         logs = svc.folder(f"{name}-logs")
-        if knobs.profile_dir:
-            from bench.profiling import ProfiledWorkers
-
-            self.workers: Workers = ProfiledWorkers(
-                env, logs, count=knobs.workers, concurrency=knobs.concurrency,
-                out_dir=Path(knobs.profile_dir))
-        else:
-            self.workers = Workers(env, logs, count=knobs.workers, concurrency=knobs.concurrency)
+        self.workers = Workers(env, logs, count=knobs.workers, concurrency=knobs.concurrency)
+        self.spies = Spies(Path(knobs.profile_dir) / name) if knobs.profile_dir else None
         self.store = Store(redis_client(svc.redis_url))
 
     def __enter__(self) -> RcbatchCluster:
@@ -194,9 +190,13 @@ class RcbatchCluster:
         except BaseException:
             self.workers.stop()
             raise
+        if self.spies is not None:
+            self.spies.attach(self.pgids)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.spies is not None:
+            self.spies.stop()
         self.workers.stop()
         self.store.redis.close()
 

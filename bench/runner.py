@@ -50,7 +50,7 @@ def parser(name: str, about: str) -> argparse.ArgumentParser:
     parse.add_argument("--keep", type=Path, metavar="DIR",
                        help="keep the scratch folder (Redis data, worker logs) in DIR")
     parse.add_argument("--profile", type=Path, metavar="DIR",
-                       help="profile every rcbatch worker process with cProfile into DIR")
+                       help="sample every rcbatch worker process with py-spy into DIR")
     parse.add_argument("--seed", type=int, default=7, help="the simulator's seed")
     return parse
 
@@ -81,14 +81,11 @@ def save(out: Any, opts: Options, name: str) -> None:
 
 
 def write_profile_reports(folder: Path) -> None:
-    """Merge the workers' cProfile files into readable reports in `folder`."""
-    from bench.profiling import report
+    """Write a report of each cluster's py-spy samples (`folder/CLUSTER/report.txt`)."""
+    from bench.profiling import write_report
 
-    for role in ("child", "main"):
-        for order in ("cumulative", "tottime"):
-            path = folder / f"report-{role}-{order}.txt"
-            path.write_text(report(folder, role, 80, order))
-    print(f"_worker profiles (CPU time, cProfile): {folder}/report-*.txt_", flush=True)
+    for cluster in sorted(p for p in folder.iterdir() if p.is_dir()):
+        print(f"_worker samples (py-spy): {write_report(cluster)}_", flush=True)
 
 
 def show(sections: list[Section], footer: str) -> None:

@@ -256,10 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     show([section(run)], f"scale{' --quick' if args.quick else ''}: "
                          f"{time.monotonic() - started:.0f} s on {machine()}")
     if args.profile is not None:
-        from bench.profiling import report
+        from bench.runner import write_profile_reports
 
-        print(report(args.profile, sort="tottime", top=30))
-        print(report(args.profile, sort="cumulative", top=40))
+        write_profile_reports(args.profile)
     return 0
 
 

@@ -17,9 +17,10 @@ and S3 clients, the multipart path), then every worker process's peak RSS is res
 - the reference: a plain (sync) httpx streaming GET of the same URL from this process, bytes
   thrown away (`/dev/null`), on the same loopback, right after; the same with httpx's async
   client (what the worker uses) for context;
-- the store's own ceiling, with no download at all: the same number of bytes written from
-  memory and fsynced into the bucket's folder (local), or sent as sequential 8 MiB parts by
-  boto3 to the same S3 server (S3).
+- the store's own ceiling, with no download at all, stored the way the bucket stores: the
+  same number of bytes written from memory into the bucket's folder with the same progressive
+  writeback, then fsynced (local), or sent as 8 MiB parts by boto3 to the same S3 server, as
+  many at once as the bucket sends (S3).
 
 Targets (issue 6): RSS growth <= 64 MiB for 1 GiB; throughput >= 50 % of the plain download.
 """
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +62,8 @@ from bench.table import Figure, Section, at_least, at_most, info, ratio
 from producer.batch import register_batch
 from producer.spec import ItemSpec
 from worker import keys
+from worker.bucket.local import WRITEBACK_EVERY
+from worker.bucket.s3 import PARTS_IN_FLIGHT
 
 MIB = 1024 * 1024
 FULL_BYTES = 1024 * MIB
@@ -236,14 +240,21 @@ def _check_size(got: int, size: int) -> None:
 
 
 def disk_ceiling(folder: Path) -> Callable[[int], float]:
-    """Seconds to write `size` bytes from memory into `folder` and fsync them."""
+    """Seconds to write `size` bytes from memory into `folder` and fsync them, starting the
+    writeback every `WRITEBACK_EVERY` bytes as the local bucket does."""
     def measure(size: int) -> float:
         block = os.urandom(MIB)
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder) as fh:
-            started = time.perf_counter()
+            started, advised, kicked = time.perf_counter(), 0, 0
             for _ in range(size // MIB):
                 fh.write(block)
+                if fh.tell() - kicked >= WRITEBACK_EVERY:
+                    fh.flush()
+                    end = fh.tell()
+                    os.posix_fadvise(fh.fileno(), advised, end - advised,
+                                     os.POSIX_FADV_DONTNEED)
+                    advised, kicked = kicked, end
             fh.write(block[:size % MIB])
             fh.flush()
             os.fsync(fh.fileno())
@@ -252,7 +263,8 @@ def disk_ceiling(folder: Path) -> Callable[[int], float]:
 
 
 def s3_ceiling(endpoint: str) -> Callable[[int], float]:
-    """Seconds for boto3 to send `size` bytes as sequential 8 MiB parts and complete."""
+    """Seconds for boto3 to send `size` bytes as 8 MiB parts, `PARTS_IN_FLIGHT` at a time (as
+    the S3 bucket does), and complete."""
     def measure(size: int) -> float:
         import boto3
         from botocore.config import Config
@@ -263,14 +275,15 @@ def s3_ceiling(endpoint: str) -> Callable[[int], float]:
         block, key = os.urandom(PART), "ceiling/object"
         started = time.perf_counter()
         upload = client.create_multipart_upload(Bucket=S3_BUCKET, Key=key)["UploadId"]
-        parts: list[dict[str, Any]] = []
-        sent = 0
-        while sent < size:
-            body = block[:min(PART, size - sent)]
+
+        def send(number: int) -> dict[str, Any]:
+            body = block[:min(PART, size - (number - 1) * PART)]
             answer = client.upload_part(Bucket=S3_BUCKET, Key=key, UploadId=upload,
-                                        PartNumber=len(parts) + 1, Body=body)
-            parts.append({"ETag": answer["ETag"], "PartNumber": len(parts) + 1})
-            sent += len(body)
+                                        PartNumber=number, Body=body)
+            return {"ETag": answer["ETag"], "PartNumber": number}
+
+        with ThreadPoolExecutor(PARTS_IN_FLIGHT) as pool:
+            parts = list(pool.map(send, range(1, -(-size // PART) + 1)))
         client.complete_multipart_upload(Bucket=S3_BUCKET, Key=key, UploadId=upload,
                                          MultipartUpload={"Parts": parts})
         seconds = time.perf_counter() - started
@@ -300,7 +313,7 @@ def targets_for(svc: Services, names: tuple[str, ...]) -> Iterator[Chosen]:
     with MotoS3Server() as server:
         create_bucket(server.endpoint_url, S3_BUCKET)
         moto = getattr(server, "_process", None)  # its pid, for the server's CPU seconds
-        found["s3"] = Target("s3", "S3 (moto server, 8 MiB parts)",
+        found["s3"] = Target("s3", f"S3 (moto server, 8 MiB parts, {PARTS_IN_FLIGHT} at once)",
                              f"s3://{S3_BUCKET}/streaming", s3_ceiling(server.endpoint_url),
                              server_pid=moto.pid if moto is not None else None)
         env = {**FAKE_AWS_ENV, "RCBATCH_S3_ENDPOINT_URL": server.endpoint_url}
@@ -311,7 +324,7 @@ def run(svc: Services, *, size: int, targets: tuple[str, ...] = ("local", "s3"),
         timeout: float = 900.0, profile: Path | None = None) -> Section:
     """Stream one `size`-byte output to each target; the section with the issue's targets.
 
-    With `profile`, the worker runs under cProfile (bench/profiling.py), its files in there.
+    With `profile`, the worker is sampled by py-spy (bench/profiling.py), its files in there.
     """
     results: list[Stream] = []
     with targets_for(svc, targets) as (chosen, env):
@@ -392,9 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     show([result], f"streaming{' --quick' if args.quick else ''}: "
                    f"{time.monotonic() - started:.0f} s on {machine()}")
     if args.profile is not None:
-        from bench.profiling import report
+        from bench.runner import write_profile_reports
 
-        print(report(args.profile, sort="tottime", top=30))
+        write_profile_reports(args.profile)
     return 0
 
 

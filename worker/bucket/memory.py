@@ -103,6 +103,10 @@ class _MemorySink:
         self._bucket._fail()
         self._parts.append(chunk)
 
+    def write_blocking(self, data: bytes) -> None:
+        self._bucket._fail()
+        self._parts.append(data)
+
     async def commit(self) -> None:
         self._bucket._fail()
         self._bucket.objects[self._key] = _Entry(b"".join(self._parts), self._content_type)

@@ -1,15 +1,18 @@
 """A bucket on S3 or any S3-compatible store (MinIO, moto): `s3://bucket/optional/prefix`.
 
-Streams go up as a multipart upload, one part at a time as chunks arrive: chunks are buffered
-until they add up to `part_size` (8 MiB), then sent as one part (so only one part is ever held).
-The upload is completed only once the whole stream has arrived and checked out, and aborted on any
-failure, so a partial object never appears. Streams shorter than one part use a single
-`put_object`.
+Streams go up as a multipart upload as chunks arrive: chunks are buffered until they add up to
+`part_size` (8 MiB), then sent as one part while the next one fills, with at most
+`parts_in_flight` (2) parts being sent at once: memory stays at about `parts_in_flight + 2`
+parts. The upload is completed (parts listed in order of part number) only once the whole stream
+has arrived and checked out, and aborted on any failure, so a partial object never appears.
+Streams shorter than one part use a single `put_object`.
 
-boto3 is synchronous. The upload calls of `put_stream` run in a thread (`asyncio.to_thread`)
-because a part upload can take seconds, and blocking the event loop that long would stall the
-other downloads sharing it and could trip their timeouts. The other methods (`put_bytes`,
-`get_bytes`, ...) are plain synchronous calls for small objects.
+boto3 is synchronous (and its clients are thread-safe). The upload calls of `put_stream` run in
+threads because a part upload can take seconds, and blocking the event loop that long would
+stall the other downloads sharing it and could trip their timeouts: a large stream's parts are
+buffered and started from `pump`'s writer thread (see `base.py`) and sent by a small pool of
+`parts_in_flight` threads. The other methods (`put_bytes`, `get_bytes`, ...) are plain
+synchronous calls for small objects.
 """
 
 from __future__ import annotations
@@ -17,8 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import re
+from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,6 +48,9 @@ from .naming import check_key, check_prefix
 
 PART_SIZE = 8 * 1024 * 1024
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's smallest part (all but the last)
+#: part uploads of one stream sent at the same time; memory: this many parts being sent, one
+#: filling, and briefly one more while a part is joined
+PARTS_IN_FLIGHT = 2
 _BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
 _MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
 _TRANSIENT_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
@@ -83,13 +93,16 @@ class S3Bucket:
     """A bucket in S3 under an optional key prefix; the boto3 client comes in from outside."""
 
     def __init__(self, bucket: str, prefix: str = "", *, client: Any,
-                 part_size: int = PART_SIZE) -> None:
+                 part_size: int = PART_SIZE, parts_in_flight: int = PARTS_IN_FLIGHT) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes")
+        if parts_in_flight < 1:
+            raise ValueError("parts_in_flight must be at least 1")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.client = client
         self.part_size = part_size
+        self.parts_in_flight = parts_in_flight
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
 
     @classmethod
@@ -173,7 +186,7 @@ class S3Bucket:
 
 
 class _MultipartSink:
-    """One upload: at most one part of chunks buffered, and a multipart upload once one fills."""
+    """One upload: the next part fills while up to `parts_in_flight` earlier ones are sent."""
 
     def __init__(self, bucket: S3Bucket, key: str, content_type: str) -> None:
         self._s3, self._key, self._content_type = bucket, key, content_type
@@ -181,30 +194,49 @@ class _MultipartSink:
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._upload_id: str | None = None
-        self._parts: list[dict[str, Any]] = []
-        self._inflight: asyncio.Future[None] | None = None
+        self._numbers = itertools.count(1)
+        self._etags: dict[int, str] = {}
+        self._sending: deque[Future[None]] = deque()  # oldest first
+        self._pool: ThreadPoolExecutor | None = None
+        self._call: asyncio.Future[None] | None = None
 
     async def write(self, chunk: bytes) -> None:
-        """Buffer the chunk; once a full part has arrived, send it (and wait for it)."""
+        """Buffer a chunk of a small stream (a full part, if ever, goes up from a thread)."""
         self._chunks.append(chunk)
         self._buffered += len(chunk)
         if self._buffered >= self._s3.part_size:
-            await self._send_part(self._take())
+            await self._run(self.write_blocking, b"")
+
+    def write_blocking(self, data: bytes) -> None:
+        """Buffer a batch (on pump's writer thread); start sending each part as it fills,
+        first waiting for a free slot when `parts_in_flight` are being sent."""
+        if data:
+            self._chunks.append(data)
+            self._buffered += len(data)
+        if self._buffered >= self._s3.part_size:
+            self._send(self._take)
 
     async def commit(self) -> None:
-        """A single put for a small object; else the last part and the completion."""
+        """A single put for a small object; else the last part, every part done, completion.
+
+        Two separate calls, so a cancellation while parts are still going up aborts the upload
+        rather than completing it.
+        """
         if self._upload_id is None:
             await self._run(self._put_object, self._take())
             return
-        if self._buffered:
-            await self._send_part(self._take())
+        await self._run(self._drain)
         await self._run(self._complete)
+        self._close_pool()
 
     async def abort(self) -> None:
-        """Wait for a call still running in its thread, then abort the multipart upload."""
-        if self._inflight is not None and not self._inflight.done():
-            with contextlib.suppress(BaseException):
-                await asyncio.wait([self._inflight])
+        """Wait for calls still running in threads, then abort the multipart upload."""
+        if self._call is not None:  # first: it may still start a part
+            await _settle(self._call)
+        if self._sending:  # parts still going up could land in the upload after its abort
+            await _settle(asyncio.ensure_future(
+                asyncio.to_thread(futures_wait, list(self._sending))))
+        self._close_pool()
         self._take()
         if self._upload_id is not None:
             # Synchronous on purpose: it must run even if the task is being cancelled again.
@@ -217,18 +249,31 @@ class _MultipartSink:
         self._chunks, self._buffered = [], 0
         return data
 
-    async def _send_part(self, data: bytes) -> None:
-        if self._upload_id is None:
-            await self._run(self._create)
-        await self._run(self._upload_part, data)
-
     async def _run(self, call: Callable[..., None], *args: Any) -> None:
         # Shielded, so a cancelled caller leaves the thread's outcome readable for `abort`.
-        self._inflight = asyncio.ensure_future(asyncio.to_thread(call, *args))
-        await asyncio.shield(self._inflight)
+        self._call = asyncio.ensure_future(asyncio.to_thread(call, *args))
+        await asyncio.shield(self._call)
 
-    # The methods below run in a worker thread and record their outcome on `self` themselves,
-    # so the state is right even when the awaiting coroutine was cancelled meanwhile.
+    # The methods below run in threads and record their outcome on `self` themselves, so the
+    # state is right even when the awaiting coroutine was cancelled meanwhile.
+
+    def _send(self, take: Callable[[], bytes]) -> None:
+        if self._upload_id is None:
+            self._create()
+        while len(self._sending) >= self._s3.parts_in_flight:
+            self._sending.popleft().result()  # raises that part's (translated) error
+        # Joined only now that a slot is free: the joining briefly holds the part twice.
+        data = take()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._s3.parts_in_flight,
+                                            thread_name_prefix="rcbatch-s3-part")
+        self._sending.append(self._pool.submit(self._upload_part, next(self._numbers), data))
+
+    def _drain(self) -> None:
+        if self._buffered:
+            self._send(self._take)
+        while self._sending:
+            self._sending.popleft().result()
 
     def _create(self) -> None:
         with _translated(f"start the upload of {self._key}"):
@@ -236,25 +281,37 @@ class _MultipartSink:
                 Bucket=self._s3.bucket, Key=self._key, ContentType=self._content_type)
         self._upload_id = answer["UploadId"]
 
-    def _upload_part(self, data: bytes) -> None:
-        number = len(self._parts) + 1
+    def _upload_part(self, number: int, data: bytes) -> None:
         with _translated(f"upload part {number} of {self._key}"):
             answer = self._s3.client.upload_part(
                 Bucket=self._s3.bucket, Key=self._key, UploadId=self._upload_id,
                 PartNumber=number, Body=data)
-        self._parts.append({"ETag": answer["ETag"], "PartNumber": number})
+        self._etags[number] = answer["ETag"]
 
     def _complete(self) -> None:
+        parts = [{"ETag": self._etags[number], "PartNumber": number}
+                 for number in sorted(self._etags)]
         with _translated(f"complete the upload of {self._key}"):
             self._s3.client.complete_multipart_upload(
                 Bucket=self._s3.bucket, Key=self._key, UploadId=self._upload_id,
-                MultipartUpload={"Parts": self._parts})
+                MultipartUpload={"Parts": parts})
         self._upload_id = None  # nothing left to abort: the object is whole
 
     def _put_object(self, body: bytes) -> None:
         with _translated(f"store {self._key}"):
             self._s3.client.put_object(Bucket=self._s3.bucket, Key=self._key, Body=body,
                                        ContentType=self._content_type)
+
+    def _close_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+
+async def _settle(call: asyncio.Future[Any]) -> None:
+    # A further cancellation only cuts the wait short: the caller is cleaning up already.
+    with contextlib.suppress(BaseException):
+        await asyncio.wait([call])
 
 
 def _code(exc: ClientError) -> str:
