@@ -5,6 +5,12 @@ or adds latency to short ones. The pacer learns each model's durations as the ba
 (durations recorded in Redis by every worker) and plans each poll so that the job is seen done
 soon after it ends, relative to its duration (see `Pacer`).
 
+Before the first job of a model has ended nothing is known about its durations (the cold
+start), and the model's first jobs usually start together, so the first ones to end are seen
+late whatever the schedule. How the cold start is paced is described in `Pacer.cold_wake`;
+bench/pacing_sim.py simulates both the cold start and the learned schedule (run it after
+changing any constant below).
+
 Every countdown is capped well below the broker's visibility timeout (see
 worker/celery_app.py): with Redis, a countdown longer than it is delivered twice. A longer
 planned delay is slept in several hops (worker/polling.py).
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import random
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -27,14 +34,51 @@ MIN_POLL_DELAY = 0.2
 #: (the benchmark's bar is 10 % + 0.5 s at p95; the margin covers task hand-off and fetch)
 LATENCY_SHARE = 0.08
 LATENCY_FLOOR = 0.35
-#: durations of a model needed before its history is trusted
+#: durations of a model needed before it counts as timed (its jobs leave the cold start)
 MIN_HISTORY = 1
-#: polls per interval that may ask the API about a model not timed yet (the scouts): more
-#: find the first finished job sooner (fewer late detections in the first wave) but cost
-#: more polls (a simulation of a 20-job first wave put the balance near 4)
-SCOUTS = 4
-#: the history's quantile taken as "the earliest a job of this model is likely done"
-EARLY_QUANTILE = 0.05
+#: a shorter history is re-read at every decision (the first durations matter most and come
+#: in quickly); from this size on it is cached for `Pacer.cache_seconds`
+TRUSTED_HISTORY = 10
+#: the history's quantile taken as "the earliest a job of this model is likely done": a job
+#: ending before it may be seen late, one ending after it costs a poll more the lower it is
+#: (simulated, image-like run: 2 % costs 0.17 poll per job more than 5 % for 0.05 less p95
+#: latency ratio; 3 % is between)
+EARLY_QUANTILE = 0.03
+#: a planned gap is shortened by up to this share at random, to spread polls out
+JITTER = 0.05
+
+# --- the cold start (see Pacer.cold_wake) ------------------------------------------------
+#: a job of a model not timed yet wakes up (without asking the API) every this share of its
+#: age + floor, to notice soon that the model got timed: the jobs that ended meanwhile are
+#: then seen within their latency bar. Wake-ups cost worker time, not API requests
+WAKE_SHARE = 0.02
+WAKE_FLOOR = 0.35
+#: each old job of a model not timed yet asks the API about itself once per this share of
+#: its age + floor (its own probe), at a phase set by its request id
+PROBE_SHARE = 0.3
+PROBE_FLOOR = 16.0
+#: ... and a model is never left longer than this (half its latency bar) without one of its
+#: jobs being asked, whatever the number of jobs (the guard; one scout key per model): a
+#: small batch of short jobs is then seen about as soon as with the previous rule (4 scout
+#: polls per 8 % of the age), and it adds little to the own probes of a large first wave
+GUARD_SHARE = 0.05
+GUARD_FLOOR = 0.25
+#: scout keys per model (worker/polling.py): the guard's
+SCOUTS = 1
+#: a job younger than this share of the model's oldest untimed job does not probe: the first
+#: jobs to end are almost surely among the oldest (a refill submitted later cannot win)
+YOUNG_SHARE = 0.75
+
+
+@dataclass(frozen=True)
+class WakePlan:
+    """What a poll task of a job whose model is not timed yet does: ask the API now
+    (`poll`), or wake up again after `delay` s; `probe_at` is the job's next own probe (a
+    runtime clock time, to store on the item; None for a young job)."""
+
+    poll: bool
+    delay: float
+    probe_at: float | None
 
 
 @dataclass
@@ -42,15 +86,16 @@ class Pacer:
     """Chooses poll delays from the recent durations of each model.
 
     A duration is the time from submission to the job's end (as the API's own timestamps
-    tell it, queue time included). The first poll goes out when the earliest jobs of the
-    model are usually done; after that each poll follows the last after a share of the time
-    elapsed so far (plus a floor), so whenever the job ends it is seen done within about
-    `LATENCY_SHARE` of its time + `LATENCY_FLOOR`, with as few polls as that allows (about
-    log(slowest/earliest) / log(1 + LATENCY_SHARE) at most).
+    tell it, queue time included). Once a model is timed, a job's first poll goes out when
+    the earliest jobs of the model are usually done (the history's `EARLY_QUANTILE`); after
+    that each poll follows the last after a share of the time elapsed so far plus a floor.
+    Whenever the job ends it is then seen done within about `LATENCY_SHARE` of its time +
+    `LATENCY_FLOOR`, and this is the fewest polls that guarantee it: an end just after one
+    poll must be seen by the next (about log(slowest/earliest) / log(1 + LATENCY_SHARE)
+    polls at most). Only the gap beyond the earliest end is jittered: jittering the whole
+    delay would pull the first poll before any job can be done.
 
-    Before any job of a model has been timed, its jobs wake up on that same tight schedule
-    from the start, but only `SCOUTS` wake-ups per interval (the scouts, worker/polling.py)
-    ask the API; the first job seen done times the model for all of them.
+    Before a model is timed, see `cold_wake`.
     """
 
     durations: Callable[[str], Sequence[float]]
@@ -60,34 +105,92 @@ class Pacer:
     _cache: dict[str, tuple[float, list[float]]] = field(default_factory=dict)
 
     def first_delay(self, model: str) -> float:
-        """Delay from submission to the first poll (or wake-up)."""
+        """Delay from submission to the first poll (or, model untimed, the first wake-up)."""
         return self.next_delay(model, 0.0, 0)
 
     def next_delay(self, model: str, elapsed: float, polls: int) -> float:
-        """Delay to the next poll of a job that is not done yet.
+        """Delay to the next poll of a job that is not done yet (model untimed: to its next
+        wake-up, see `cold_wake`).
 
         `elapsed`: seconds since the job was submitted; `polls`: how many polls it has had
         (not needed by this policy, which depends on the time elapsed only).
         """
         history = self._history(model)
         if len(history) < MIN_HISTORY:
-            return self._jitter(_tight(elapsed))
-        early = _quantile(history, EARLY_QUANTILE)
-        due = (1 + LATENCY_SHARE) * max(elapsed, early) + LATENCY_FLOOR
-        return self._jitter(min(MAX_PLANNED_DELAY, max(MIN_POLL_DELAY, due - elapsed)))
+            return self._jitter(wake_interval(elapsed))
+        return self._planned(history, elapsed)
 
-    def scouting(self, model: str, elapsed: float) -> float | None:
-        """While `model` has no durations yet: how long one scout poll holds the API for the
-        model's other jobs (seconds); None once its durations are known."""
-        if len(self._history(model)) >= MIN_HISTORY:
+    def timed(self, model: str) -> bool:
+        """Whether enough durations of `model` are known to plan its polls."""
+        return len(self._history(model)) >= MIN_HISTORY
+
+    def resume_delay(self, model: str, elapsed: float) -> float | None:
+        """A timed model's job waking up: None when it should be polled now, else how long
+        to sleep first. A job that slept on the cold-start schedule, or one planned before
+        the history moved, waits until its first planned poll when it is younger than the
+        earliest likely end; any other may already be done (the first duration learnt is
+        not the shortest when it was seen late), so it is asked at once. (A planned poll
+        woken a little early, as countdowns are not exact, is not pushed back a gap.)"""
+        history = self._history(model)
+        early = _quantile(history, EARLY_QUANTILE) if len(history) >= MIN_HISTORY else 0.0
+        if elapsed + MIN_POLL_DELAY >= early:
             return None
-        return _tight(elapsed)
+        return self._planned(history, elapsed)
+
+    def cold_wake(self, elapsed: float, now: float, *, young: bool, probe_at: float | None,
+                  key: str, take_guard: Callable[[float, bool], bool]) -> WakePlan:
+        """A wake-up of a job whose model is not timed yet: ask the API or sleep again.
+
+        A poll before the first end is wasted, and once the first end is seen every job of
+        the model is timed at once; the jobs that ended before that are the ones seen late,
+        so what matters is how soon the API is asked about *some* job that ended. The job
+        not asked for the longest is the likeliest to have ended, so each old job probes
+        itself once per `probe_interval(age)`, at a phase set by `key` (its request id): a
+        model with n jobs waiting gets n probes per interval, in rotation, and a large
+        first wave (whose late detection would make more jobs late) is looked at more
+        often. The interval grows with the age (the probes cost about the same per
+        doubling of the wait: a few per job on a first wave of minute-long jobs) but from a
+        floor of seconds, as polls in the first seconds only pay off for jobs of seconds,
+        whose floor-dominated latency bar is loose. Simulated on the benchmark's video-like
+        run (bench/pacing_sim.py), this asks the API about 290 times before the models are
+        timed against about 460 for the previous rule (4 scouts per 8 % of the age), and
+        fewer jobs are seen late (9 against 15 of 240). A model with few jobs is still
+        asked twice per latency bar: `take_guard(window, own)` takes the model's guard for
+        `window` s when it is free, or in any case for an own probe (True when taken).
+
+        Young jobs (`young`, see `young`) do not probe; they wake on the cadence of a job
+        1/`YOUNG_SHARE` older. Wake-ups are frequent (`wake_interval`) so that once some
+        job is seen done the others that ended meanwhile are asked within their own bar.
+        """
+        if young:
+            return WakePlan(False, self._jitter(wake_interval(elapsed / YOUNG_SHARE)), None)
+        if probe_at is None:
+            probe_at = now + probe_phase(key) * probe_interval(elapsed)
+        if take_guard(guard_interval(elapsed), now >= probe_at):
+            return WakePlan(True, 0.0, probe_at)
+        return WakePlan(False, min(self._jitter(wake_interval(elapsed)), probe_at - now),
+                        probe_at)
+
+    @staticmethod
+    def young(age: float, oldest_age: float) -> bool:
+        """Whether a job is much younger than its model's oldest job not timed yet."""
+        return age < YOUNG_SHARE * oldest_age
+
+    @staticmethod
+    def next_probe(now: float, elapsed: float) -> float:
+        """When a job whose probe saw nothing next asks again (see `cold_wake`)."""
+        return now + probe_interval(elapsed)
+
+    def _planned(self, history: Sequence[float], elapsed: float) -> float:
+        early = _quantile(history, EARLY_QUANTILE)
+        base = max(elapsed, early)
+        gap = self._jitter(LATENCY_SHARE * base + LATENCY_FLOOR)
+        return min(MAX_PLANNED_DELAY, max(MIN_POLL_DELAY, base - elapsed + gap))
 
     def _history(self, model: str) -> list[float]:
         now = self.clock()
         cached = self._cache.get(model)
-        # a short history is re-read at every poll: the first durations matter most
-        if cached and len(cached[1]) >= MIN_HISTORY and now - cached[0] < self.cache_seconds:
+        if cached and len(cached[1]) >= TRUSTED_HISTORY and now - cached[0] < self.cache_seconds:
             return cached[1]
         values = sorted(self.durations(model))
         self._cache[model] = (now, values)
@@ -95,7 +198,27 @@ class Pacer:
 
     def _jitter(self, delay: float) -> float:
         # only ever earlier: a later poll would add latency past the aim
-        return max(MIN_POLL_DELAY, delay * self.rng.uniform(0.95, 1.0))
+        return max(MIN_POLL_DELAY, delay * self.rng.uniform(1.0 - JITTER, 1.0))
+
+
+def wake_interval(age: float) -> float:
+    """How often a job of a model not timed yet wakes up to see whether it got timed."""
+    return max(MIN_POLL_DELAY, WAKE_SHARE * age + WAKE_FLOOR)
+
+
+def probe_interval(age: float) -> float:
+    """How often an old job of a model not timed yet asks the API about itself."""
+    return PROBE_SHARE * age + PROBE_FLOOR
+
+
+def guard_interval(age: float) -> float:
+    """The longest a model not timed yet goes without any of its jobs asked (its bar)."""
+    return GUARD_SHARE * age + GUARD_FLOOR
+
+
+def probe_phase(key: str) -> float:
+    """A job's probe phase in [0, 1): stable for the job, spread over jobs."""
+    return zlib.crc32(key.encode()) / 2**32
 
 
 def backoff(attempt: int, *, base: float = 1.0, cap: float = MAX_POLL_DELAY,
@@ -106,11 +229,6 @@ def backoff(attempt: int, *, base: float = 1.0, cap: float = MAX_POLL_DELAY,
     if retry_after is not None:
         delay = max(delay, retry_after)
     return min(delay, cap)
-
-
-def _tight(elapsed: float) -> float:
-    """The delay that keeps detection within the aim whenever the job ends."""
-    return max(MIN_POLL_DELAY, LATENCY_SHARE * elapsed + LATENCY_FLOOR)
 
 
 def _quantile(sorted_values: Sequence[float], q: float) -> float:

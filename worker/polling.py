@@ -24,10 +24,9 @@ from worker.runtime import Runtime
 from worker.state import REMOVE
 
 _REMOTE = (keys.SUBMITTED, keys.RUNNING)
-#: a job scouts only when it has waited at least this share of the oldest untimed job's time
-SCOUT_AGE_SHARE = 0.75
-#: seconds the oldest untimed job's submission time is kept (the model is timed long before)
-SCOUT_MEMORY = 6 * 3600
+#: seconds the submission time of a model's oldest untimed job is kept after the last wake-up
+#: of an old job (old jobs wake far more often; a stale one would keep the others young)
+SCOUT_MEMORY = 600
 #: a poll woken this close to its planned time polls (countdowns are not exact)
 HOP_SLACK = 0.05
 
@@ -79,40 +78,58 @@ def _hop(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
 
 
 def _waits_for_scout(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int) -> bool:
-    """While no job of the item's model has been timed, only SCOUTS polls per interval ask
-    the API (whichever jobs take a scout key first); the others only wake up again, so the
-    first job seen done times the model for all of them at the price of a few polls per
-    interval instead of one per job. True when this one waits."""
+    """Whether this wake-up sleeps again instead of asking the API (True when it does).
+
+    Once the model is timed, a job is asked as soon as it may be done (`Pacer.resume_delay`:
+    a job woken on the cold-start schedule sleeps until its first planned poll when it is
+    too young to be done). Before that, an old job asks at its own probe times or when the
+    model's guard is free, a young one only wakes up again (`Pacer.cold_wake`): the first
+    job seen done times the model for all of them at the price of a few polls per job."""
     assert rt.pacer is not None
-    now = rt.clock()
+    now, model = rt.clock(), item["model"]
     submitted = float(item.get("submitted_at") or now)
-    window = rt.pacer.scouting(item["model"], now - submitted)
-    if window is None:
+    if rt.pacer.timed(model):
+        delay = rt.pacer.resume_delay(model, now - submitted)
+        return delay is not None and _schedule(rt, bid, iid, seq, delay, {"+wakeups": 1})
+    plan = rt.pacer.cold_wake(
+        now - submitted, now, young=_young(rt, model, now, submitted),
+        probe_at=float(item["scout_at"]) if item.get("scout_at") else None,
+        key=item.get("request_id") or iid,
+        take_guard=lambda window, own: _take_scout(rt, model, now, window, own))
+    if plan.poll:
         return False
-    if not _young(rt, item["model"], now, submitted) and _take_scout(rt, item["model"], now,
-                                                                      window):
-        return False
-    return _schedule(rt, bid, iid, seq, window, {"+wakeups": 1})
+    values: dict[str, object] = {"+wakeups": 1}
+    if plan.probe_at is not None:
+        values["scout_at"] = plan.probe_at
+    return _schedule(rt, bid, iid, seq, plan.delay, values)
 
 
 def _young(rt: Runtime, model: str, now: float, submitted: float) -> bool:
-    """Whether a job is much younger than the model's oldest untimed job: the first to end
-    is almost surely among the oldest, so the scouts' few polls go to those."""
+    """Whether a job is much younger than the model's oldest untimed job (`Pacer.young`):
+    the first to end is almost surely among the oldest, so only those probe. The oldest's
+    submission time lapses SCOUT_MEMORY s after the last old job woke (`_take_scout` keeps
+    it), so jobs that died untimed (failed, cancelled) do not keep the others young."""
+    assert rt.pacer is not None
     key = keys.scout(model, "oldest")
     with rt.store.redis.pipeline(transaction=False) as pipe:
         pipe.set(key, repr(submitted), nx=True, ex=SCOUT_MEMORY)
         pipe.get(key)
         oldest = float(pipe.execute()[1] or submitted)
-    return now - submitted < SCOUT_AGE_SHARE * (now - oldest)
+    return rt.pacer.young(now - submitted, now - oldest)
 
 
-def _take_scout(rt: Runtime, model: str, now: float, window: float) -> bool:
-    """Hold one of the model's SCOUTS scout keys until now + window, unless other polls hold
-    them all (by the runtime's clock). Two polls racing for one may both win: one extra
-    poll, no harm."""
+def _take_scout(rt: Runtime, model: str, now: float, window: float, own: bool) -> bool:
+    """Hold one of the model's SCOUTS guard keys until now + window (an old job's wake-up,
+    which also keeps the model's oldest-job record alive): when one is free by the runtime's
+    clock, or in any case for the job's own probe (`own`, Pacer.cold_wake). Two polls
+    racing for one may both win: one extra poll, no harm."""
     names = [keys.scout(model, n) for n in range(SCOUTS)]
-    for name, held in zip(names, rt.store.redis.mget(names), strict=True):
-        if held is None or float(held) <= now:
+    with rt.store.redis.pipeline(transaction=False) as pipe:
+        pipe.expire(keys.scout(model, "oldest"), SCOUT_MEMORY)
+        pipe.mget(names)
+        held_all = pipe.execute()[1]
+    for name, held in zip(names, held_all, strict=True):
+        if own or held is None or float(held) <= now:
             rt.store.redis.set(name, repr(now + window), px=int(window * 1000) + 60_000)
             return True
     return False
@@ -148,6 +165,9 @@ def _on_answer(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
 
 def _still_waiting(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
                    running: bool) -> None:
+    """The job is not done: plan its next look. A probe of a model not timed yet (no
+    duration known) also sets the job's next own probe (Pacer.cold_wake); until then it
+    only wakes up."""
     now = rt.clock()
     values: dict[str, object] = {"+polls": 1, "step_errors": 0}
     if running and not item.get("started_at"):
@@ -155,8 +175,8 @@ def _still_waiting(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: i
     assert rt.pacer is not None
     elapsed = max(0.0, now - float(item.get("submitted_at") or now))
     delay = rt.pacer.next_delay(item["model"], elapsed, int(item.get("polls", 0)) + 1)
-    if rt.pacer.scouting(item["model"], elapsed) is not None:
-        delay *= 2  # a scout that saw nothing leaves the next scouting to another job
+    if not rt.pacer.timed(item["model"]):
+        values["scout_at"] = rt.pacer.next_probe(now, elapsed)
     to = keys.RUNNING if running else keys.SUBMITTED
     if _schedule(rt, bid, iid, seq, delay, values, to=to) and to != item.get("state"):
         rt.item_log(bid, iid, item).info("item_" + to, state=to)
