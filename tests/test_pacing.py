@@ -225,3 +225,17 @@ def test_the_simulated_benchmark_meets_its_bars() -> None:
 
 def test_the_simulation_is_deterministic() -> None:
     assert pacing_sim.simulate(pacing_sim.VIDEOS, 5) == pacing_sim.simulate(pacing_sim.VIDEOS, 5)
+
+
+def test_the_first_duration_of_a_model_wakes_its_waiting_jobs_at_once() -> None:
+    # every job ends at 30 s: once one is seen done, the others (ended meanwhile) are asked
+    # in the same instant instead of at their next wake-up (~1 s later at that age)
+    durations = {f"i{k:02d}": 30.0 for k in range(10)}
+    cluster = Cluster(durations)
+    cluster.run(until=cluster.now)
+    while not cluster.store.recent_durations(MODEL):
+        cluster.run(until=cluster.queue[0][0])
+    seen_first = cluster.now
+    cluster.run(until=seen_first)  # what is due now, nothing later
+    assert all(cluster.item(iid)["state"] == "completed" for iid in durations)
+    assert {float(cluster.item(iid)["finished_at"]) for iid in durations} == {seen_first}

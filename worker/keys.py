@@ -107,6 +107,11 @@ def durations(model: str) -> str:
     return f"{PREFIX}:durations:{model}"
 
 
+def waiting_untimed(model: str) -> str:
+    """Items (`bid/iid`) waiting for a model to be timed: woken at once when it is."""
+    return f"{PREFIX}:untimed:{model}"
+
+
 def scout(model: str, n: int | str) -> str:
     """Scout key `n` of a model: taken (until a time) by a poll that may ask the API about a
     model whose durations are not known yet, or "oldest" (worker/polling.py)."""

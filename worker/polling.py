@@ -99,6 +99,9 @@ def _waits_for_scout(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq:
     if plan.poll:
         return False
     values: dict[str, object] = {"+wakeups": 1}
+    if not item.get("waits_timing"):  # once: the first duration of the model wakes it
+        rt.store.wait_for_timing(model, bid, iid)
+        values["waits_timing"] = 1
     if plan.probe_at is not None:
         values["scout_at"] = plan.probe_at
     return _schedule(rt, bid, iid, seq, plan.delay, values)
@@ -189,7 +192,7 @@ def _succeeded(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
         rt.finish(bid, iid, expect=_REMOTE, to=keys.FAILED, guard=("seq", str(seq)),
                   error={"kind": "no_output", "message": "the job succeeded with no output"})
         return
-    rt.store.record_duration(item["model"], _job_time(answer, item, now))
+    _record_duration(rt, item["model"], _job_time(answer, item, now))
     if discard:
         rt.finish(bid, iid, expect=_REMOTE, to=keys.CANCELLED, guard=("seq", str(seq)),
                   error={"kind": "cancelled", "message": "the batch was cancelled; outputs "
@@ -215,6 +218,22 @@ def _succeeded(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
         # job. The item is `fetching` with its own step and deadline, so if this process dies
         # the reconciler re-drives the fetch exactly as it would a lost nudge.
         fetch(rt, bid, iid, seq + 1)
+
+
+def _record_duration(rt: Runtime, model: str, seconds: float) -> None:
+    """Remember a job's duration; the first one of a model wakes every job of it that waits
+    in the cold start, so that those which ended meanwhile are asked now rather than at
+    their next wake-up. (Two workers both seeing "the first" wake them twice: the copy with
+    the stale step sequence exits.)"""
+    assert rt.pacer is not None
+    first = not rt.pacer.timed(model)
+    rt.store.record_duration(model, seconds)
+    if first:
+        for bid, iid, seq in rt.store.take_waiting_for_timing(model):
+            ok, _ = rt.store.transition(bid, iid, expect=_REMOTE, guard=("seq", str(seq)),
+                                        values={"poll_at": rt.clock()})  # no hop: look now
+            if ok:
+                rt.publisher.poll(bid, iid, seq)
 
 
 def _job_time(answer: ResultAnswer, item: dict[str, str], now: float) -> float:

@@ -284,6 +284,26 @@ class Store:
             pipe.ltrim(keys.durations(model), 0, keep - 1)
             pipe.execute()
 
+    def wait_for_timing(self, model: str, bid: str, iid: str, ttl: int = 86_400) -> None:
+        """Note an item waiting for `model`'s first duration (see `take_waiting_for_timing`)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(keys.waiting_untimed(model), keys.member(bid, iid))
+            pipe.expire(keys.waiting_untimed(model), ttl)
+            pipe.execute()
+
+    def take_waiting_for_timing(self, model: str) -> list[tuple[str, str, int]]:
+        """Take the items noted as waiting for `model`'s timing: [(bid, iid, current seq)]."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.smembers(keys.waiting_untimed(model))
+            pipe.delete(keys.waiting_untimed(model))
+            members = [keys.split_member(_text(m)) for m in pipe.execute()[0]]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for bid, iid in members:
+                pipe.hget(keys.item(bid, iid), "seq")
+            seqs = pipe.execute()
+        return [(bid, iid, int(seq)) for (bid, iid), seq in zip(members, seqs, strict=True)
+                if seq is not None]
+
     def recent_durations(self, model: str) -> list[float]:
         """Recent remote job durations of `model`, newest first."""
         return [float(_text(v)) for v in self.redis.lrange(keys.durations(model), 0, -1)]
