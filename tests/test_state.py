@@ -120,6 +120,19 @@ def test_begin_step_counts_deliveries_of_the_same_step(store: Store) -> None:
     assert store.begin_step("a", "i0", expect=(keys.SUBMITTED,), guard=("seq", "2"))[0] is False
 
 
+def test_only_a_sleeping_poll_step_is_woken(store: Store, clock: Clock) -> None:
+    store.register("a", {}, items(2))
+    for iid in ("i0", "i1"):
+        store.transition("a", iid, expect=(keys.PENDING,), to=keys.SUBMITTED,
+                         values={"seq": 3, "deliveries": 0})
+    store.begin_step("a", "i1", expect=(keys.SUBMITTED,), guard=("seq", "3"))  # running
+    assert store.wake_poll("a", "i0", due=clock.now + 60) == 4
+    assert store.wake_poll("a", "i1", due=clock.now + 60) is None
+    assert store.begin_step("a", "i0", expect=(keys.SUBMITTED,), guard=("seq", "3")).ok is False
+    assert store.item("a", "i1")["seq"] == "3"  # type: ignore[index]
+    assert store.overdue(clock.now + 61) == [("a", "i0")]
+
+
 def test_submit_rate_is_shared_and_cooldown_holds_everyone(store: Store, clock: Clock) -> None:
     waits = [store.acquire_submit(rate=2.0, burst=2.0) for _ in range(3)]
     assert waits[:2] == [0.0, 0.0] and waits[2] == pytest.approx(0.5)

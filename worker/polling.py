@@ -223,16 +223,16 @@ def _succeeded(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
 def _record_duration(rt: Runtime, model: str, seconds: float) -> None:
     """Remember a job's duration; the first one of a model wakes every job of it that waits
     in the cold start, so that those which ended meanwhile are asked now rather than at
-    their next wake-up. (Two workers both seeing "the first" wake them twice: the copy with
-    the stale step sequence exits.)"""
+    their next wake-up. Only a sleeping job is woken, and its step moves on (its pending
+    wake-up becomes a stale copy that exits): no two live copies of one step can both ask
+    the API, and a step that is running is left alone."""
     assert rt.pacer is not None
     first = not rt.pacer.timed(model)
     rt.store.record_duration(model, seconds)
     if first:
-        for bid, iid, seq in rt.store.take_waiting_for_timing(model):
-            ok, _ = rt.store.transition(bid, iid, expect=_REMOTE, guard=("seq", str(seq)),
-                                        values={"poll_at": rt.clock()})  # no hop: look now
-            if ok:
+        for bid, iid in rt.store.take_waiting_for_timing(model):
+            seq = rt.store.wake_poll(bid, iid, due=rt.clock() + rt.limits.step_grace)
+            if seq is not None:
                 rt.publisher.poll(bid, iid, seq)
 
 

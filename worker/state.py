@@ -291,18 +291,32 @@ class Store:
             pipe.expire(keys.waiting_untimed(model), ttl)
             pipe.execute()
 
-    def take_waiting_for_timing(self, model: str) -> list[tuple[str, str, int]]:
-        """Take the items noted as waiting for `model`'s timing: [(bid, iid, current seq)]."""
+    def take_waiting_for_timing(self, model: str) -> list[tuple[str, str]]:
+        """Take the items noted as waiting for `model`'s timing: [(bid, iid)]."""
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.smembers(keys.waiting_untimed(model))
             pipe.delete(keys.waiting_untimed(model))
-            members = [keys.split_member(_text(m)) for m in pipe.execute()[0]]
-        with self.redis.pipeline(transaction=False) as pipe:
-            for bid, iid in members:
-                pipe.hget(keys.item(bid, iid), "seq")
-            seqs = pipe.execute()
-        return [(bid, iid, int(seq)) for (bid, iid), seq in zip(members, seqs, strict=True)
-                if seq is not None]
+            return [keys.split_member(_text(m)) for m in pipe.execute()[0]]
+
+    def wake_poll(self, bid: str, iid: str, due: float) -> int | None:
+        """Move an item's sleeping poll step (none of its tasks running: deliveries 0) on to
+        a new step due now; the new step's sequence, or None when the item is not sleeping
+        (a task of it started meanwhile, it moved on, or it is not polling)."""
+        key = keys.item(bid, iid)
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                state, seq, deliveries = (_text(v) if v is not None else ""
+                                          for v in pipe.hmget(key, "state", "seq", "deliveries"))
+                if state not in (keys.SUBMITTED, keys.RUNNING) or deliveries not in ("", "0"):
+                    return None
+                pipe.multi()
+                pipe.hset(key, mapping={"seq": int(seq) + 1, "poll_at": repr(self.clock())})
+                pipe.zadd(keys.DUE, {keys.member(bid, iid): due})
+                pipe.execute()
+            except redis.WatchError:
+                return None
+        return int(seq) + 1
 
     def recent_durations(self, model: str) -> list[float]:
         """Recent remote job durations of `model`, newest first."""
