@@ -64,10 +64,7 @@ def entry(name: str, about: str, measure: Measure) -> Main:
         started = time.monotonic()
         with Services(keep=opts.keep) as svc:
             sections = measure(svc, opts)
-        show(sections, f"{name}{' --quick' if opts.quick else ''}: "
-                       f"{time.monotonic() - started:.0f} s on {machine()}")
-        if opts.profile:
-            write_profile_reports(opts.profile)
+        conclude(name, sections, started=started, quick=opts.quick, profile=opts.profile)
         return 0
 
     main.__doc__ = f"`python -m bench.{name}`: {about}"
@@ -78,6 +75,16 @@ def save(out: Any, opts: Options, name: str) -> None:
     """With --keep, write a run's jobs to KEEP/NAME-jobs.csv (an Outcome's `save`)."""
     if opts.keep is not None:
         out.save(opts.keep / f"{name}-jobs.csv")
+
+
+def conclude(name: str, sections: list[Section], *, started: float, quick: bool,
+             profile: Path | None) -> None:
+    """Print a benchmark's tables with its footer (time taken, machine), then, after a
+    `--profile` run, write the py-spy reports."""
+    show(sections, f"{name}{' --quick' if quick else ''}: "
+                   f"{time.monotonic() - started:.0f} s on {machine()}")
+    if profile is not None:
+        write_profile_reports(profile)
 
 
 def write_profile_reports(folder: Path) -> None:

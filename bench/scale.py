@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.enqueue import flush_sync
-from bench.harness import Sampler, Services, group_cpu, machine
+from bench.harness import Sampler, Services, group_cpu
 from bench.pipeline import Knobs, RcbatchCluster, t2i_specs
-from bench.runner import parser, show
+from bench.runner import conclude, parser
 from bench.table import Figure, Section, at_most, info
 from worker import keys
 from worker.celery_app import QUEUE
@@ -253,12 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     with Services(keep=args.keep) as svc:
         run = run_batch(svc, items=items, knobs=Knobs(max_in_flight=args.max_in_flight),
                         every=every, timeout=600.0 + items / 5, profile=args.profile)
-    show([section(run)], f"scale{' --quick' if args.quick else ''}: "
-                         f"{time.monotonic() - started:.0f} s on {machine()}")
-    if args.profile is not None:
-        from bench.runner import write_profile_reports
-
-        write_profile_reports(args.profile)
+    conclude("scale", [section(run)], started=started, quick=args.quick, profile=args.profile)
     return 0
 
 

@@ -50,14 +50,13 @@ from bench.harness import (
     Services,
     group_cpu,
     group_pids,
-    machine,
     peak_rss,
     process_cpu,
     reset_peak,
     rss,
 )
 from bench.pipeline import Knobs, RcbatchCluster
-from bench.runner import parser, show
+from bench.runner import conclude, parser
 from bench.table import Figure, Section, at_least, at_most, info, ratio
 from producer.batch import register_batch
 from producer.spec import ItemSpec
@@ -402,12 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with Services(keep=args.keep) as svc:
         result = run(svc, size=size, targets=targets, profile=args.profile)
-    show([result], f"streaming{' --quick' if args.quick else ''}: "
-                   f"{time.monotonic() - started:.0f} s on {machine()}")
-    if args.profile is not None:
-        from bench.runner import write_profile_reports
-
-        write_profile_reports(args.profile)
+    conclude("streaming", [result], started=started, quick=args.quick, profile=args.profile)
     return 0
 
 
