@@ -30,6 +30,8 @@ setting below still matters; they are explained here, in one place:
   server's certificate for a bare ``rediss://`` URL (it only logs a warning); rcbatch asks
   for a verified certificate instead, as redis-py does for the state connection. An explicit
   ``?ssl_cert_reqs=...`` (or ``ssl_ca_certs=...``) in the URL still wins.
+- ``broker_transport``: kombu's Redis transport with one fix (worker/broker.py): without it a
+  worker's main process spins at a full core while a task that came from a countdown runs.
 - No result backend: tasks report through the item records in Redis, not through Celery.
 """
 
@@ -41,6 +43,7 @@ from typing import Any
 
 from celery import Celery
 
+from worker import broker
 from worker.pacing import MAX_POLL_DELAY
 
 VISIBILITY_TIMEOUT = 900.0
@@ -124,6 +127,8 @@ def celery_config(redis_url: str,
             "schedules": {"task": "rcbatch.schedules", "schedule": timedelta(seconds=30)},
         },
     }
+    if redis_url.split("://", 1)[0] in broker.SCHEMES:
+        config["broker_transport"] = broker.TRANSPORT
     if redis_url.startswith("rediss://"):
         config["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     return config

@@ -1,0 +1,45 @@
+"""The Redis broker transport the workers use: kombu's, minus a busy loop.
+
+kombu's Redis transport sends one BRPOP at a time while the worker may take more messages, and
+reads its answer when the socket becomes readable, but only if the worker may still take a
+message at that moment (`qos.can_consume()`). Celery raises the prefetch limit while it holds a
+countdown message and lowers it again when the message becomes due and runs, so a BRPOP sent
+in between is often answered (a message, or nil after its 1 s timeout) when the worker is full.
+The answer is then never read, the socket stays readable, and the worker's main process spins
+at a full core until the running task ends: measured, 100 % of a core through every poll task
+that ran from a countdown, which is most of rcbatch's tasks (tests/test_broker.py).
+
+`Transport` reads such an answer anyway. A nil answer just ends that BRPOP; a message is taken
+one over the limit and waits in the worker like any prefetched message (acknowledged late, and
+back in the queue after the visibility timeout if the worker dies). No new BRPOP is sent until
+the worker may consume again, so it is never more than one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu.transport import redis
+
+#: how Celery names this transport (the `broker_transport` setting)
+TRANSPORT = "worker.broker:Transport"
+#: URL schemes this transport serves (kombu's Redis transport serves both)
+SCHEMES = ("redis", "rediss")
+
+
+class _Poller(redis.MultiChannelPoller):
+    """kombu's poller, reading every answer that arrives (see the module)."""
+
+    def on_readable(self, fileno: int) -> None:
+        """Handle the answer waiting on `fileno`, whether or not the worker is full."""
+        channel, kind = self._fd_to_chan[fileno]
+        channel.handlers[kind]()
+
+
+class Transport(redis.Transport):
+    """kombu's Redis transport with a poller that never leaves an answer unread."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Build kombu's transport, then swap in the poller (no channel exists yet)."""
+        super().__init__(*args, **kwargs)
+        self.cycle = _Poller()
