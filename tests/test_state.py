@@ -133,6 +133,15 @@ def test_only_a_sleeping_poll_step_is_woken(store: Store, clock: Clock) -> None:
     assert store.overdue(clock.now + 61) == [("a", "i0")]
 
 
+def test_jobs_waiting_for_timing_are_taken_once_oldest_first(store: Store) -> None:
+    for iid, submitted in (("i1", 20.0), ("i2", 30.0), ("i0", 10.0)):
+        store.wait_for_timing("m", "a", iid, submitted)
+    store.wait_for_timing("other", "a", "i9", 5.0)
+    assert store.take_waiting_for_timing("m") == [("a", "i0"), ("a", "i1"), ("a", "i2")]
+    assert store.take_waiting_for_timing("m") == []
+    assert store.take_waiting_for_timing("other") == [("a", "i9")]
+
+
 def test_submit_rate_is_shared_and_cooldown_holds_everyone(store: Store, clock: Clock) -> None:
     waits = [store.acquire_submit(rate=2.0, burst=2.0) for _ in range(3)]
     assert waits[:2] == [0.0, 0.0] and waits[2] == pytest.approx(0.5)

@@ -108,8 +108,9 @@ def durations(model: str) -> str:
 
 
 def waiting_untimed(model: str) -> str:
-    """Items (`bid/iid`) waiting for a model to be timed: woken at once when it is."""
-    return f"{PREFIX}:untimed:{model}"
+    """Items (`bid/iid`) waiting for a model to be timed, scored by submission time: woken
+    at once, oldest first, when it is."""
+    return f"{PREFIX}:untimed-by-age:{model}"
 
 
 def scout(model: str, n: int | str) -> str:

@@ -100,7 +100,7 @@ def _waits_for_scout(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq:
         return False
     values: dict[str, object] = {"+wakeups": 1}
     if not item.get("waits_timing"):  # once: the first duration of the model wakes it
-        rt.store.wait_for_timing(model, bid, iid)
+        rt.store.wait_for_timing(model, bid, iid, submitted)
         values["waits_timing"] = 1
     if plan.probe_at is not None:
         values["scout_at"] = plan.probe_at

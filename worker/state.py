@@ -284,17 +284,20 @@ class Store:
             pipe.ltrim(keys.durations(model), 0, keep - 1)
             pipe.execute()
 
-    def wait_for_timing(self, model: str, bid: str, iid: str, ttl: int = 86_400) -> None:
-        """Note an item waiting for `model`'s first duration (see `take_waiting_for_timing`)."""
+    def wait_for_timing(self, model: str, bid: str, iid: str, submitted: float,
+                        ttl: int = 86_400) -> None:
+        """Note an item submitted at `submitted` waiting for `model`'s first duration (see
+        `take_waiting_for_timing`)."""
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.sadd(keys.waiting_untimed(model), keys.member(bid, iid))
+            pipe.zadd(keys.waiting_untimed(model), {keys.member(bid, iid): submitted})
             pipe.expire(keys.waiting_untimed(model), ttl)
             pipe.execute()
 
     def take_waiting_for_timing(self, model: str) -> list[tuple[str, str]]:
-        """Take the items noted as waiting for `model`'s timing: [(bid, iid)]."""
+        """Take the items noted as waiting for `model`'s timing, oldest submission first (the
+        likeliest to be done): [(bid, iid)]."""
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.smembers(keys.waiting_untimed(model))
+            pipe.zrange(keys.waiting_untimed(model), 0, -1)
             pipe.delete(keys.waiting_untimed(model))
             return [keys.split_member(_text(m)) for m in pipe.execute()[0]]
 
