@@ -222,10 +222,11 @@ def _succeeded(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
 
 def _record_duration(rt: Runtime, model: str, seconds: float) -> None:
     """Remember a job's duration; the first one of a model wakes every job of it that waits
-    in the cold start, so that those which ended meanwhile are asked now rather than at
-    their next wake-up. Only a sleeping job is woken, and its step moves on (its pending
-    wake-up becomes a stale copy that exits): no two live copies of one step can both ask
-    the API, and a step that is running is left alone."""
+    in the cold start, oldest first, so that those which ended meanwhile are asked now rather
+    than at their next wake-up (the oldest are the likeliest to have ended: woken first, they
+    are asked first, ahead of the burst of young ones). Only a sleeping job is woken, and its
+    step moves on (its pending wake-up becomes a stale copy that exits): no two live copies of
+    one step can both ask the API, and a step that is running is left alone."""
     assert rt.pacer is not None
     first = not rt.pacer.timed(model)
     rt.store.record_duration(model, seconds)
