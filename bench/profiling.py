@@ -1,17 +1,22 @@
 """Profiling real `rcbatch worker` processes with py-spy, a sampling profiler.
 
-A bench run with `--profile DIR` attaches `py-spy record --subprocesses` to every worker's
-main process once the workers are up (so pool children are sampled too), and stops it when
-the cluster stops: one collapsed-stack file per worker in DIR (`spy-N.txt`, py-spy's "raw"
-format: `frame;frame;... count` per line). `report(DIR)` then tells where the samples went:
-the share of the worker main processes (Celery's consumer) and of the pool children, the
-inclusive share of each area of the code (steps, redis-py, httpx, buckets, Celery publish)
-and the top frames by own samples.
+A bench run with `--profile DIR` attaches two `py-spy record --subprocesses` to every
+worker's main process once the workers are up (so pool children are sampled too), and stops
+them when the cluster stops. Each writes one collapsed-stack file per worker in DIR (py-spy's
+"raw" format: `frame;frame;... count` per line), one per way of sampling (`MODES`):
 
-Sampling adds almost nothing to the processes it watches (cProfile, used before, made the
-workers ~4x slower and blamed redis-py's parser for much of its own overhead). Samples are
-taken of threads that py-spy sees running; time blocked in a socket read for Redis' reply
-still counts, as it does for the worker's throughput.
+- `spy-N.txt`, every thread py-spy sees running: time blocked in a socket read for Redis'
+  reply or an HTTP answer still counts, as it does for the worker's throughput (wall time);
+- `gil-N.txt`, only the thread holding the GIL (`--gil`): Python's CPU, without those
+  waits, and without work done with the GIL released (hashing, file writes, syscalls).
+
+`report(DIR)` then tells, for each, where the samples went: the share of the worker main
+processes (Celery's consumer) and of the pool children, the inclusive share of each area of
+the code (steps, redis-py, httpx, buckets, Celery publish) and the top frames by own samples.
+
+Sampling adds little to the processes it watches (cProfile, used before, made the workers ~4x
+slower and blamed redis-py's parser for much of its own overhead), but py-spy itself takes
+CPU on these 2 cores: a profiled run is slower, so read the shares, not its figures.
 """
 
 from __future__ import annotations
@@ -23,8 +28,13 @@ import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-#: samples per second per process
-RATE = 200
+#: samples per second per process and mode
+RATE = 100
+#: file prefix -> (what the samples are, py-spy's extra options)
+MODES: dict[str, tuple[str, list[str]]] = {
+    "spy": ("every running thread (wall time: waits on sockets count)", []),
+    "gil": ("only the thread holding the GIL (CPU in Python; waits do not count)", ["--gil"]),
+}
 
 #: areas of the code, by a test on one frame; a sample counts for every area it passes
 AREAS: dict[str, Callable[[str], bool]] = {
@@ -51,14 +61,19 @@ class Spies:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def attach(self, pids: Iterable[int]) -> None:
-        """Start one recorder per process id."""
+        """Start one recorder per process id and mode."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        for pid in pids:
-            out = self.out_dir / f"spy-{len(self.procs)}.txt"
-            self.procs.append(subprocess.Popen(
-                [str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(pid),
-                 "--subprocesses", "--nonblocking", "-r", str(self.rate), "--format", "raw",
-                 "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for n, pid in enumerate(pids):
+            for prefix, (_, options) in MODES.items():
+                self.procs.append(subprocess.Popen(
+                    [*self.command(pid, options), "-o", str(self.out_dir / f"{prefix}-{n}.txt")],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def command(self, pid: int, options: list[str]) -> list[str]:
+        """The py-spy command line sampling `pid` and its children (without `-o`)."""
+        return [str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(pid),
+                "--subprocesses", "--nonblocking", "-r", str(self.rate), "--format", "raw",
+                *options]
 
     def stop(self) -> None:
         """Stop every recorder; each writes its file as it exits."""
@@ -75,10 +90,10 @@ class Spies:
 Sample = tuple[list[str], int]
 
 
-def read_samples(out_dir: Path) -> list[Sample]:
-    """Every (stack, count) of the `spy-*.txt` files in `out_dir`."""
+def read_samples(out_dir: Path, prefix: str = "spy") -> list[Sample]:
+    """Every (stack, count) of the `PREFIX-*.txt` files in `out_dir`."""
     samples = []
-    for path in sorted(out_dir.glob("spy-*.txt")):
+    for path in sorted(out_dir.glob(f"{prefix}-*.txt")):
         for line in path.read_text(errors="replace").splitlines():
             stack, _, count = line.rpartition(" ")
             if count.isdigit():
@@ -93,13 +108,20 @@ def role(stack: list[str]) -> str:
 
 
 def report(out_dir: Path, top: int = 25) -> str:
-    """Where the samples of `out_dir` went, as text."""
-    samples = read_samples(out_dir)
+    """Where the samples of `out_dir` went, as text: one part per mode recorded."""
+    parts = [_report_mode(read_samples(out_dir, prefix), about, top)
+             for prefix, (about, _) in MODES.items()
+             if any(out_dir.glob(f"{prefix}-*.txt"))]
+    return "\n\n".join(parts)
+
+
+def _report_mode(samples: list[Sample], about: str, top: int) -> str:
     total = sum(c for _, c in samples) or 1
     roles: collections.Counter[str] = collections.Counter()
     for stack, count in samples:
         roles[role(stack)] += count
-    lines = [f"{total} samples at {RATE}/s per process: worker main processes "
+    lines = [f"=== samples of {about}", "",
+             f"{total} samples at {RATE}/s per process: worker main processes "
              f"{roles['main'] / total:.0%}, pool children {roles['child'] / total:.0%}",
              "", "inclusive share of all samples, by area of the code:"]
     for name, test in AREAS.items():

@@ -1,4 +1,5 @@
-"""The parts of benchmarks 5-7 (bench/enqueue.py, streaming.py, scale.py) that compute figures.
+"""The parts of benchmarks 5-7 (bench/enqueue.py, streaming.py, scale.py) that compute figures,
+and the report of py-spy samples (bench/profiling.py).
 
 The benchmarks themselves run for minutes; these check, fast, that what they compare is
 comparable (the raw baseline writes what rcbatch writes) and that their arithmetic holds.
@@ -14,6 +15,7 @@ import redis
 
 from bench.enqueue import RAW_SCRIPT, run_child, write_rows
 from bench.pipeline import Knobs
+from bench.profiling import report
 from bench.scale import Run, Sample
 from bench.streaming import Stream, Target, figures
 from producer.batch import register_batch
@@ -86,3 +88,21 @@ def test_streaming_share_is_held_against_the_plain_download() -> None:
     # against the slower of the download (100 MiB/s) and the store alone (66.7 MiB/s)
     assert shown["local: throughput / min(plain download, store ceiling)"].value == \
         pytest.approx(75.0)
+
+
+def test_profile_report_tells_wall_and_cpu_samples_apart(tmp_path: Path) -> None:
+    main = 'process 1:"rcbatch worker"'
+    child = f'{main};process 2:"rcbatch worker"'
+    poll = "poll (worker/polling.py:40)"
+    (tmp_path / "spy-0.txt").write_text(
+        f"{child};{poll};_read_from_socket (redis/_parsers/socket.py:65) 6\n"
+        f"{child};{poll};send (httpx/_client.py:1) 2\n"
+        f"{main};poll (kombu/utils/eventio.py:83) 2\n")
+    (tmp_path / "gil-0.txt").write_text(f"{child};{poll};send (httpx/_client.py:1) 3\n"
+                                        f"{main};on_readable (worker/broker.py:36) 1\n")
+    wall, cpu = report(tmp_path).split("=== samples of ")[1:]
+    assert wall.startswith("every running thread")
+    assert "10 samples" in wall and "main processes 20%, pool children 80%" in wall
+    assert " 60.0%  redis-py" in wall and " 80.0%  poll step" in wall
+    assert cpu.startswith("only the thread holding the GIL")
+    assert "4 samples" in cpu and " 0.0%  redis-py" in cpu and " 75.0%  poll step" in cpu
