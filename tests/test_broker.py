@@ -2,7 +2,7 @@
 
 A worker whose only slot runs a task that came from a countdown must sit idle in its main
 process (kombu's own transport spins at a full core there) and must still run what was sent
-meanwhile, once the slot frees.
+meanwhile, once the slot frees. A channel keeps one client while its pool lasts.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import kombu
 import pytest
 import redis
 from celery import Celery
@@ -116,3 +117,18 @@ def test_rcbatch_uses_the_transport_for_redis_urls_only() -> None:
     assert celery_config("redis://127.0.0.1:6379/0")["broker_transport"] == broker.TRANSPORT
     assert celery_config("rediss://example.com:6380/0")["broker_transport"] == broker.TRANSPORT
     assert "broker_transport" not in celery_config("sentinel://127.0.0.1:26379")
+
+
+def test_a_channel_reuses_its_client_until_its_pool_is_replaced(redis_url: str) -> None:
+    connection = kombu.Connection(redis_url, transport=broker.Transport)
+    try:
+        channel = connection.channel()
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as again:
+            assert first is again and first.ping()
+        channel._disconnect_pools()  # what kombu does after a fork
+        with channel.conn_or_acquire() as fresh:
+            assert fresh is not first and fresh.connection_pool is channel.pool
+            assert fresh.ping()
+        channel.close()
+    finally:
+        connection.release()
