@@ -30,8 +30,9 @@ setting below still matters; they are explained here, in one place:
   server's certificate for a bare ``rediss://`` URL (it only logs a warning); rcbatch asks
   for a verified certificate instead, as redis-py does for the state connection. An explicit
   ``?ssl_cert_reqs=...`` (or ``ssl_ca_certs=...``) in the URL still wins.
-- ``broker_transport``: kombu's Redis transport with one fix (worker/broker.py): without it a
-  worker's main process spins at a full core while a task that came from a countdown runs.
+- ``broker_transport``: kombu's Redis transport with two changes (worker/broker.py): without
+  the first, a worker's main process spins at a full core while a task that came from a
+  countdown runs; the second reuses one redis-py client per channel for publishes and acks.
 - No result backend: tasks report through the item records in Redis, not through Celery.
 """
 
