@@ -19,6 +19,7 @@ import pytest
 import redis
 from celery import Celery
 
+from bench.harness import process_cpu
 from rcbatch.lifetime import die_with_parent
 from worker import broker
 from worker.celery_app import celery_config
@@ -29,11 +30,6 @@ BUSY, WINDOW = 4.0, 2.0
 #: a spinning main process uses ~1.0 core; an idle one ~0.0
 SPINNING = 0.5
 QUEUE = "broker-test"
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _env(url: str, transport: str) -> dict[str, str]:
@@ -74,9 +70,9 @@ def _main_process_share_during_countdown_task(url: str, worker_pid: int) -> floa
         client.send_task("broker_test.sleep", (BUSY,), countdown=0.5)
         time.sleep(1.0)  # due and running by now
         client.send_task("broker_test.mark", ("after",))
-        before = _cpu_seconds(worker_pid)
+        before = process_cpu(worker_pid, children=False)
         time.sleep(WINDOW)
-        return (_cpu_seconds(worker_pid) - before) / WINDOW
+        return (process_cpu(worker_pid, children=False) - before) / WINDOW
     finally:
         client.close()
 
