@@ -331,6 +331,23 @@ def test_requests_carry_the_token_only_in_the_authorization_header() -> None:
     assert b'"width\xc3\x97height"' in seen[0].content
 
 
+def test_cookies_set_by_an_answer_are_never_sent_back() -> None:
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"request_id": RID, "status": "in_queue"},
+                              headers={"Set-Cookie": "session=abc; Path=/"})
+
+    async def twice() -> None:
+        async with make_client(handle) as client:
+            await client.status(RID)
+            await client.status(RID)
+
+    asyncio.run(twice())
+    assert len(seen) == 2 and "cookie" not in seen[1].headers
+
+
 def test_the_token_never_shows_in_reprs_errors_or_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     client = RunComfyClient(SecretStr(TOKEN), "http://127.0.0.1:9")
