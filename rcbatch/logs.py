@@ -74,7 +74,7 @@ def _quiet_third_party(stream: TextIO, secrets: Iterable[str]) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
-    for noisy in ("httpx", "httpcore", "botocore", "boto3", "urllib3"):
+    for noisy in ("httpx", "httpcore", "aiohttp", "botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

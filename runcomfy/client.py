@@ -13,16 +13,13 @@ is redacted on the way out.
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import json
-import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from types import TracebackType
 from typing import Any
 
-import httpcore
 import httpx
 from pydantic import SecretStr
 
@@ -54,20 +51,7 @@ from runcomfy.answers import (
     parse_status,
     parse_submit,
 )
-
-# httpcore tries `import sniffio` on every request; anyio 4 no longer installs it, and a failed
-# import searches sys.path each time (measured: a fifth of a request's CPU). When it is not
-# installed, say so once in sys.modules so each of those imports fails at once.
-if importlib.util.find_spec("sniffio") is None:
-    sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
-
-# httpcore reads an answer 64 KiB at a time: asyncio receives up to 256 KiB per socket read and
-# anyio cuts that into 64 KiB pieces, each going through h11 and httpx on its own. Reading up
-# to 1 MiB at a time downloads 1 GiB with 0.97 s of CPU instead of 1.45 s (measured on
-# loopback); a read returns whatever has arrived, so small answers are unaffected.
-_READ_SIZE = 1024 * 1024
-if httpcore.AsyncHTTP11Connection.READ_NUM_BYTES < _READ_SIZE:
-    httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = _READ_SIZE
+from runcomfy.transport import AiohttpTransport
 
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net"
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)
@@ -120,9 +104,10 @@ class RunComfyClient:
         # Idle connections are dropped after 2 s, well before servers close them (uvicorn
         # 5 s, load balancers 60 s): reusing one just as the server closes it would turn a
         # good submit into a SubmitUncertain.
-        self._http = _CookielessClient(transport=transport, timeout=timeout or DEFAULT_TIMEOUT,
+        self._http = _CookielessClient(transport=transport or AiohttpTransport(_POOL_LIMITS),
+                                       timeout=timeout or DEFAULT_TIMEOUT,
                                        headers={"User-Agent": user_agent},
-                                       follow_redirects=False, limits=_POOL_LIMITS)
+                                       follow_redirects=False)
 
     def __repr__(self) -> str:
         return f"RunComfyClient(base_url={self.base_url!r})"
@@ -288,7 +273,7 @@ class Download:
     async def aiter_bytes(self, chunk_size: int | None = None) -> AsyncIterator[bytes]:
         """The body in chunks; raises RetryLater/OutputLost when it breaks, is short or huge.
 
-        By default chunks come as they arrive (up to 64 KiB each): re-chunking to a fixed
+        By default chunks come as they arrive (up to 1 MiB each): re-chunking to a fixed
         size copies every byte twice more and halved a 1 GiB download (bench/streaming.py).
         """
         received = 0
