@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 
@@ -32,6 +33,8 @@ import yarl
 #: what a download hands on at most per chunk (the stream reader's buffer is this size too,
 #: so a fast download comes in few large pieces rather than many 64 KiB ones)
 CHUNK = 1024 * 1024
+
+_QUERY = re.compile(r"\?[^\s'\">]*")
 
 # Most specific first: the first class that matches decides.
 _TRANSLATIONS: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...] = (
@@ -58,8 +61,14 @@ def _translated(request: httpx.Request) -> Iterator[None]:
     except Exception as exc:
         for source, target in _TRANSLATIONS:
             if isinstance(exc, source):
-                raise target(str(exc) or type(exc).__name__, request=request) from exc
+                raise target(_message(exc), request=request) from exc
         raise
+
+
+def _message(exc: BaseException) -> str:
+    """aiohttp's text without URL queries: some messages quote the whole URL, and a
+    pre-signed output URL carries its credentials in the query."""
+    return _QUERY.sub("", str(exc)) or type(exc).__name__
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):

@@ -194,12 +194,14 @@ def test_waiting_for_a_pooled_connection_times_out_as_unsent(serve: Any) -> None
         async with _client(connections=1, read=1.5, pool=0.1, connect=0.1) as client:
             first = asyncio.ensure_future(client.post(f"{server.base}/first"))
             await asyncio.sleep(0.2)  # the only connection is taken
-            second = await asyncio.gather(client.post(f"{server.base}/second"),
-                                          return_exceptions=True)
+            second = await asyncio.gather(
+                client.post(f"{server.base}/second?X-Amz-Signature=s3cr3t"),
+                return_exceptions=True)
             await asyncio.gather(first, return_exceptions=True)
             return second
     [error] = asyncio.run(go())
     assert isinstance(error, httpx.ConnectTimeout | httpx.PoolTimeout), repr(error)
+    assert "s3cr3t" not in str(error)  # a pre-signed URL's query never shows
     assert [r.split(b" ")[1] for r in server.requests] == [b"/first"]
 
 
