@@ -188,7 +188,7 @@ def section(rows: int, repeat: int, ours: Side, raw: Side, startup: float) -> Se
     mine, base = ours.best, raw.best
     rate, raw_rate = rows / mine.seconds, rows / base.seconds
     result = Section(
-        "Enqueue: `rcbatch submit` vs a raw redis-py pipeline",
+        "5. Enqueue: `rcbatch submit` vs a raw redis-py pipeline",
         f"{rows:,} text-to-image rows in one JSONL ({_file_mib(rows)}); best of {repeat} "
         f"run(s) each, child processes including interpreter start-up; embedded Redis "
         f"(append-only), loopback.")

@@ -180,7 +180,7 @@ def section(run: Run) -> Section:
     cap = run.knobs.max_in_flight
     slots = run.knobs.workers * run.knobs.concurrency
     result = Section(
-        "Scale: Redis and broker during a large batch of instant jobs",
+        "7. Scale: Redis and broker during a large batch of instant jobs",
         f"{run.items:,} text-to-image items, jobs of 0 s at the simulator, tiny JPEG outputs "
         f"into the local bucket; {run.knobs.workers} workers x {run.knobs.concurrency} slots, "
         f"in-flight cap {cap}; Redis sampled {len(run.samples)} times.")

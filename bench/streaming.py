@@ -340,7 +340,7 @@ def run(svc: Services, *, size: int, targets: tuple[str, ...] = ("local", "s3"),
 def section(results: list[Stream], size: int) -> Section:
     """The figures, per target."""
     result = Section(
-        "Streaming: one large output through a worker",
+        "6. Streaming: one large output through a worker",
         f"One {size / MIB:,.0f} MiB video output served by the simulator, stored by one "
         f"`rcbatch worker --concurrency 1`; throughput from `fetching` to `finished_at`; "
         f"reference: plain httpx GET to /dev/null of the same URL.")
