@@ -213,3 +213,23 @@ def test_the_environment_proxy_is_used_unless_the_host_is_excluded(
     calls = [("GET", "http://outputs.example/a.png"), ("GET", f"{direct.base}/b.png")]
     assert _run(_client(), *calls) == [b"via proxy", b"direct"]
     assert proxy.requests[0].startswith(b"GET http://outputs.example/a.png HTTP/1.1")
+
+
+def test_a_redirect_is_handed_back_not_followed(serve: Any) -> None:
+    def redirect(sock: socket.socket, request: bytes) -> None:
+        sock.sendall(b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n")
+    server = serve(redirect)
+
+    async def go() -> httpx.Response:
+        async with _client() as client:
+            return await client.get(f"{server.base}/out.png")
+    answer = asyncio.run(go())
+    assert (answer.status_code, answer.headers["Location"]) == (302, "/elsewhere")
+    assert len(server.requests) == 1
+
+
+def test_a_post_without_a_body_announces_one_empty_body(serve: Any) -> None:
+    server = serve(_answer(b"{}"))
+    assert _run(_client(), ("POST", f"{server.base}/v1/requests/r1/cancel")) == [b"{}"]
+    head = server.requests[0].split(b"\r\n\r\n")[0].lower()
+    assert head.count(b"content-length:") == 1 and b"content-length: 0" in head
