@@ -58,8 +58,8 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)
 #: the only failures that prove a submit's request never left this process
 _CERTAINLY_UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _MAX_REDIRECTS = 10
-_POOL_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=16,
-                            keepalive_expiry=2.0)
+#: what the transport honours of these: the connection cap and the idle expiry
+_POOL_LIMITS = httpx.Limits(max_connections=64, keepalive_expiry=2.0)
 _REDACTED = "[redacted]"
 _MIN_REDACTED_LENGTH = 8  # shorter "tokens" (test values) would shred ordinary words
 

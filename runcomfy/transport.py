@@ -84,8 +84,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     def _session_now(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(
-                limit=self._limits.max_connections or 0,
-                keepalive_timeout=self._limits.keepalive_expiry or 0,
+                limit=self._limits.max_connections or 0,  # aiohttp's 0: no limit, as None
+                keepalive_timeout=self._limits.keepalive_expiry,  # None: kept for ever in both
                 ssl=httpx.create_ssl_context())  # httpx's CA bundle and SSL_CERT_FILE rules
             # Not trust_env: aiohttp would then look up ~/.netrc and the proxy variables in a
             # thread on every request (two thread hops: measured slower than httpcore in the

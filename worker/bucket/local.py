@@ -160,8 +160,8 @@ class _FileSink:
         with _translated(f"store {self._key}"):
             file.flush()
         if file.tell() <= SMALL_STREAM:
-            # A small file syncs in about a millisecond, while the hand-over to a thread and
-            # back costs ~150 us of CPU (measured); the step awaits the fsync either way.
+            # A small file syncs in well under a millisecond here, and the hand-over to a
+            # thread and back costs ~150 us of CPU (measured); the step awaits it either way.
             self.finish(fsync=True)
             return
         await _fsync_in_thread(file.fileno(), self._key)
