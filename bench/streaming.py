@@ -57,7 +57,7 @@ from bench.harness import (
 )
 from bench.pipeline import Knobs, RcbatchCluster
 from bench.runner import conclude, parser
-from bench.table import Figure, Section, at_least, at_most, info, ratio
+from bench.table import Figure, Section, at_least, at_most, info
 from producer.batch import register_batch
 from producer.spec import ItemSpec
 from worker import keys
@@ -383,14 +383,13 @@ def section(results: list[Stream], size: int) -> Section:
 def figures(r: Stream) -> list[Figure]:
     """The figures of one target."""
     name = r.target.label
-    share = ratio(r.rate(r.seconds), r.rate(r.plain_seconds))
     ceiling = min(r.rate(r.plain_seconds), r.rate(r.ceiling_seconds))
     out = [
         info(f"{name}: throughput", r.rate(r.seconds), "MiB/s", digits=0),
         info(f"{name}: plain httpx download (sync), same URL", r.rate(r.plain_seconds),
              "MiB/s", digits=0),
-        at_least(f"{name}: throughput / plain download", None if share is None else share * 100,
-                 SHARE_TARGET, "%", digits=0),
+        at_least(f"{name}: throughput / plain download", _share(r), SHARE_TARGET, "%",
+                 digits=0),
         at_most(f"{name}: worker (pool child) peak RSS growth", r.growth / MIB,
                 RSS_GROWTH_LIMIT / MIB, "MiB", digits=1),
         info(f"{name}: worker main process peak RSS growth", r.main_growth / MIB, "MiB",
