@@ -7,6 +7,7 @@ without Celery.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from typing import Any
@@ -220,6 +221,32 @@ def test_a_step_that_keeps_crashing_its_worker_fails_as_worker_lost(h: Harness) 
     polling.poll(h.rt, *args)
     assert h.state(iid) == keys.FAILED
     assert h.error(iid)["kind"] == "worker_lost"
+
+
+class WorkerDied(BaseException):
+    """Stands for the process dying in the middle of a step (nothing after it runs)."""
+
+
+def test_a_fetch_that_keeps_crashing_its_worker_counts_the_one_run_inline(
+        h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    [iid] = h.register(1)
+    starts = []
+
+    async def dies(*_args: Any, **_kwargs: Any) -> None:
+        starts.append(h.clock.now)
+        raise WorkerDied
+
+    monkeypatch.setattr(h.bucket, "put_stream", dies)
+    with pytest.raises(WorkerDied):
+        h.drive()  # the poll that sees the job done stores its outputs inline: the worker dies
+    assert h.state(iid) == keys.FETCHING and len(starts) == 1
+    while h.state(iid) == keys.FETCHING:
+        h.clock.now += 1000
+        reconciler.reconcile(h.rt)  # the fetch is overdue: sent again
+        with contextlib.suppress(WorkerDied):
+            h.drive()
+    assert h.error(iid)["kind"] == "worker_lost"
+    assert len(starts) == h.rt.limits.max_deliveries
 
 
 def test_a_submit_that_keeps_crashing_its_worker_fails_unsent(h: Harness) -> None:

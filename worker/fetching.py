@@ -37,10 +37,16 @@ def fetch(rt: Runtime, bid: str, iid: str, seq: int) -> None:
             "kind": "worker_lost", "message": f"storing outputs crashed a worker "
                                               f"{step.deliveries - 1} times"})
         return
-    item = step.item
+    store_outputs(rt, bid, iid, seq, step.item, step.batch)
+
+
+def store_outputs(rt: Runtime, bid: str, iid: str, seq: int, item: dict[str, str],
+                  batch: dict[str, str]) -> None:
+    """The fetch step once started: store the outputs of `item` (its record as of step `seq`)
+    into `batch`'s bucket, then complete it, or plan a retry, or fail it."""
+    guard = ("seq", str(seq))
     try:
-        stored = _store_all(rt, rt.buckets(step.batch.get("bucket_url", "")), bid, iid, item,
-                            seq)
+        stored = _store_all(rt, rt.buckets(batch.get("bucket_url", "")), bid, iid, item, seq)
     except RetryLater as exc:
         _retry(rt, bid, iid, item, seq, exc, rt.limits.max_step_errors, exc.retry_after)
     except OutputLost as exc:

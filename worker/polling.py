@@ -63,8 +63,8 @@ def poll(rt: Runtime, bid: str, iid: str, seq: int) -> None:
     except (ItemFailed, RcbatchError) as exc:
         rt.finish(bid, iid, expect=_REMOTE, to=keys.FAILED, guard=guard, error=exc.as_record())
     else:
-        _on_answer(rt, bid, iid, item, seq, answer, discard=cancelled and bool(
-            step.batch.get("discard")))
+        _on_answer(rt, bid, iid, item, seq, answer, batch=step.batch,
+                   discard=cancelled and bool(step.batch.get("discard")))
 
 
 def _hop(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
@@ -154,11 +154,11 @@ def _cancelled_remotely(rt: Runtime, bid: str, iid: str, item: dict[str, str],
 
 
 def _on_answer(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
-               answer: ResultAnswer, *, discard: bool) -> None:
+               answer: ResultAnswer, *, batch: dict[str, str], discard: bool) -> None:
     guard = ("seq", str(seq))
     # A failed job never gets here: the client raises JobFailed for it.
     if answer.state is JobState.SUCCEEDED:
-        _succeeded(rt, bid, iid, item, seq, answer, discard)
+        _succeeded(rt, bid, iid, item, seq, answer, batch, discard)
     elif answer.state is JobState.CANCELLED:
         rt.finish(bid, iid, expect=_REMOTE, to=keys.CANCELLED, guard=guard,
                   error={"kind": "cancelled", "message": "the job was cancelled at the API"})
@@ -186,7 +186,7 @@ def _still_waiting(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: i
 
 
 def _succeeded(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
-               answer: ResultAnswer, discard: bool) -> None:
+               answer: ResultAnswer, batch: dict[str, str], discard: bool) -> None:
     now = rt.clock()
     if not answer.outputs:
         rt.finish(bid, iid, expect=_REMOTE, to=keys.FAILED, guard=("seq", str(seq)),
@@ -199,8 +199,10 @@ def _succeeded(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
                                                          "discarded"})
         return
     urls = [{"url": o.url, "kind": o.kind} for o in answer.outputs]
+    # deliveries 1: the fetch below, run right here, is the fetch step's first start (what
+    # its begin_step would have counted), so a fetch that keeps crashing fails in time.
     values: dict[str, object] = {"output_urls": json.dumps(urls), "seq": seq + 1,
-                                 "deliveries": 0, "step_errors": 0, "+polls": 1,
+                                 "deliveries": 1, "step_errors": 0, "+polls": 1,
                                  "remote_finished_at": now}
     if answer.cost is not None:
         values["cost"] = answer.cost
@@ -210,14 +212,16 @@ def _succeeded(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
     if ok:
         rt.item_log(bid, iid, item).info("item_fetching", state=keys.FETCHING,
                                          outputs=len(urls))
-        from worker.fetching import fetch  # late: avoid import cycles
+        from worker.fetching import store_outputs  # late: avoid import cycles
         from worker.submission import dispatch
 
         dispatch(rt, inline=1)  # the slot is free: fill it before the download
         # Stored right here rather than through a fetch nudge: one task and one hop less per
         # job. The item is `fetching` with its own step and deadline, so if this process dies
-        # the reconciler re-drives the fetch exactly as it would a lost nudge.
-        fetch(rt, bid, iid, seq + 1)
+        # the reconciler re-drives the fetch exactly as it would a lost nudge. The record is
+        # the one this poll read plus what the transition wrote: no second read.
+        written = {k: str(v) for k, v in values.items() if not k.startswith("+")}
+        store_outputs(rt, bid, iid, seq + 1, {**item, **written}, batch)
 
 
 def _record_duration(rt: Runtime, model: str, seconds: float) -> None:
