@@ -13,10 +13,10 @@ setting below still matters; they are explained here, in one place:
   capped at `max_countdown` (a quarter of it, and never over pacing.MAX_POLL_DELAY = 30 s),
   because a countdown message is held unacknowledged by a worker until it is due and runs
   once more per timeout that passes (kombu #337). The cap sits in `RcbatchCelery.send_task`,
-  the one door every nudge goes through, so it holds for polls, fetch retries, submit
-  deferrals and backoffs alike, whatever a step computed. Duplicates that still happen (a
-  busy worker holding a due message too long) are stale by the item's step sequence and
-  exit without doing anything (worker/polling.py).
+  the one door every nudge goes through, so it holds for polls, rounds of polls, fetch
+  retries, submit deferrals and backoffs alike, whatever a step computed. Duplicates that
+  still happen (a busy worker holding a due message too long) are stale by the item's step
+  sequence and exit without doing anything (worker/polling.py).
 - ``task_time_limit`` / ``task_soft_time_limit`` (600 / 570 s by default, `time_limits`): no
   task outlives the visibility timeout (at most two thirds of it), so a task is never handed
   to a second worker while it still runs; a stuck download is killed and its step retried.

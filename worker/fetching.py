@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import mimetypes
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
@@ -38,6 +39,30 @@ def fetch(rt: Runtime, bid: str, iid: str, seq: int) -> None:
                                               f"{step.deliveries - 1} times"})
         return
     store_outputs(rt, bid, iid, seq, step.item, step.batch)
+
+
+@dataclass(frozen=True)
+class PendingFetch:
+    """The fetch of a job a poll found finished, ready to run: its item was moved to
+    `fetching` at step `seq`, with this start already counted (worker/polling.py)."""
+
+    rt: Runtime
+    bid: str
+    iid: str
+    seq: int
+    item: dict[str, str]
+    batch: dict[str, str]
+
+    def run(self) -> None:
+        """Store the outputs here and now."""
+        store_outputs(self.rt, self.bid, self.iid, self.seq, self.item, self.batch)
+
+    def hand_over(self) -> None:
+        """Leave it to a fetch task instead, which counts its own start."""
+        ok, _ = self.rt.store.transition(self.bid, self.iid, expect=(keys.FETCHING,),
+                                         guard=("seq", str(self.seq)), values={"deliveries": 0})
+        if ok:
+            self.rt.publisher.fetch(self.bid, self.iid, self.seq)
 
 
 def store_outputs(rt: Runtime, bid: str, iid: str, seq: int, item: dict[str, str],

@@ -12,6 +12,8 @@ Every key rcbatch writes is named here, so a newcomer can list what lives in Red
     rcb:names                  HASH  batch name -> batch id (so a name resumes its batch)
     rcb:due                    ZSET  "{bid}/{iid}" -> time by which its next step is overdue
     rcb:inflight               ZSET  "{bid}/{iid}" -> lease expiry of its in-flight slot
+    rcb:polls                  ZSET  "{seq} {bid}/{iid}" -> time its next poll is planned for
+    rcb:round:{tick}           STR   held while a round of that tick is on its way
     rcb:rate                   HASH  the shared submit token bucket
     rcb:cooldown               STR   submissions wait until this time (after a 429)
     rcb:durations:{model}      LIST  recent remote job durations, for poll pacing
@@ -28,6 +30,7 @@ BATCHES = f"{PREFIX}:batches"
 NAMES = f"{PREFIX}:names"
 DUE = f"{PREFIX}:due"
 INFLIGHT = f"{PREFIX}:inflight"
+POLLS = f"{PREFIX}:polls"
 RATE = f"{PREFIX}:rate"
 COOLDOWN = f"{PREFIX}:cooldown"
 TOKENS = f"{PREFIX}:tokens"
@@ -117,3 +120,8 @@ def scout(model: str, n: int | str) -> str:
     """Scout key `n` of a model: taken (until a time) by a poll that may ask the API about a
     model whose durations are not known yet, or "oldest" (worker/polling.py)."""
     return f"{PREFIX}:scout:{model}:{n}"
+
+
+def poll_round(tick: int) -> str:
+    """Held while the round of a tick is on its way (worker/poll_timer.py)."""
+    return f"{PREFIX}:round:{tick}"

@@ -212,16 +212,21 @@ def _succeeded(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
     if ok:
         rt.item_log(bid, iid, item).info("item_fetching", state=keys.FETCHING,
                                          outputs=len(urls))
-        from worker.fetching import store_outputs  # late: avoid import cycles
+        from worker.fetching import PendingFetch  # late: avoid import cycles
         from worker.submission import dispatch
 
         dispatch(rt, inline=1)  # the slot is free: fill it before the download
         # Stored right here rather than through a fetch nudge: one task and one hop less per
-        # job. The item is `fetching` with its own step and deadline, so if this process dies
-        # the reconciler re-drives the fetch exactly as it would a lost nudge. The record is
-        # the one this poll read plus what the transition wrote: no second read.
+        # job (in a round, once its other polls ran). The item is `fetching` with its own
+        # step and deadline, so if this process dies the reconciler re-drives the fetch
+        # exactly as it would a lost nudge. The record is the one this poll read plus what
+        # the transition wrote: no second read.
         written = {k: str(v) for k, v in values.items() if not k.startswith("+")}
-        store_outputs(rt, bid, iid, seq + 1, {**item, **written}, batch)
+        fetch = PendingFetch(rt, bid, iid, seq + 1, {**item, **written}, batch)
+        if rt.fetch_later is None:
+            fetch.run()
+        else:
+            rt.fetch_later.append(fetch)
 
 
 def _record_duration(rt: Runtime, model: str, seconds: float) -> None:

@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 
@@ -22,6 +22,9 @@ from worker import keys
 from worker.bucket import Bucket
 from worker.pacing import Pacer
 from worker.state import REMOVE, Store
+
+if TYPE_CHECKING:
+    from worker.fetching import PendingFetch
 
 T = TypeVar("T")
 #: manifest refreshes of a running batch: one per this many seconds per item (5 s to 30 s)
@@ -109,6 +112,9 @@ class Runtime:
     log: Any = field(default_factory=lambda: structlog.get_logger("rcbatch.worker"))
     #: set while a refill submits an item in this process (worker/submission.py)
     submitting_inline: bool = False
+    #: set while a round runs its polls: the fetches of jobs found finished wait here until
+    #: every poll of the round ran (worker/poll_timer.py); None: a poll fetches at once
+    fetch_later: list[PendingFetch] | None = None
 
     def __post_init__(self) -> None:
         if self.pacer is None:

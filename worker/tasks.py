@@ -15,20 +15,27 @@ from celery.signals import worker_process_init
 
 from rcbatch.lifetime import exit_with_parent
 from worker import fetching, polling, reconciler, submission
-from worker.celery_app import app
+from worker.celery_app import TASK_TIME_LIMIT, app
 from worker.manifest import write_manifest
+from worker.poll_timer import PollTimer, run_round
 from worker.runtime import Runtime
-from worker.wiring import build_runtime
+from worker.wiring import build_runtime, redis_client
 
 log = structlog.get_logger("rcbatch.worker")
 _runtime: tuple[int, Runtime] | None = None
 
 
 class CeleryPublisher:
-    """Publishes nudges as Celery tasks; a failed publish is logged and left to the reconciler."""
+    """Publishes nudges as Celery tasks; a failed publish is logged and left to the reconciler.
 
-    def __init__(self, celery_app: Any = app) -> None:
+    With a `timer`, a poll planned for later joins it and is run by a round, one message per
+    group of polls (worker/poll_timer.py); without one (tools that only dispatch), every poll
+    is a message of its own.
+    """
+
+    def __init__(self, celery_app: Any = app, timer: PollTimer | None = None) -> None:
         self.app = celery_app
+        self.timer = timer
 
     def _send(self, name: str, args: list[Any], countdown: float) -> None:
         try:
@@ -41,8 +48,22 @@ class CeleryPublisher:
         self._send("rcbatch.submit", [bid, iid, token], countdown)
 
     def poll(self, bid: str, iid: str, seq: int, countdown: float = 0) -> None:
-        """Nudge a poll."""
-        self._send("rcbatch.poll", [bid, iid, seq], countdown)
+        """Nudge a poll: now as a message of its own, later through the timer."""
+        if self.timer is None or countdown <= 0:
+            self._send("rcbatch.poll", [bid, iid, seq], countdown)
+            return
+        try:
+            armed = self.timer.add(bid, iid, seq, countdown)
+        except Exception as exc:  # Redis unreachable: the due set re-drives it
+            log.warning("publish_failed", task="rcbatch.poll", args=[bid, iid, seq],
+                        error=type(exc).__name__)
+            return
+        if armed is not None:
+            self.poll_round(*armed)
+
+    def poll_round(self, tick: int, countdown: float = 0) -> None:
+        """Nudge the round of a tick's polls."""
+        self._send("rcbatch.poll_round", [tick], countdown)
 
     def fetch(self, bid: str, iid: str, seq: int, countdown: float = 0) -> None:
         """Nudge a fetch."""
@@ -67,8 +88,18 @@ def runtime() -> Runtime:
     """This process's runtime, built once per process (after the pool forks)."""
     global _runtime
     if _runtime is None or _runtime[0] != os.getpid():
-        _runtime = (os.getpid(), build_runtime(app.conf.rcbatch_settings, CeleryPublisher()))
+        settings = app.conf.rcbatch_settings
+        state = redis_client(settings.redis_url)
+        lease = app.conf.task_time_limit or TASK_TIME_LIMIT  # no round outlives it
+        publisher = CeleryPublisher(timer=PollTimer(state, lease=lease))
+        _runtime = (os.getpid(), build_runtime(settings, publisher, state))
     return _runtime[1]
+
+
+def _celery(rt: Runtime) -> tuple[CeleryPublisher, PollTimer]:
+    """The runtime's publisher and its timer (a worker's runtime has both)."""
+    assert isinstance(rt.publisher, CeleryPublisher) and rt.publisher.timer is not None
+    return rt.publisher, rt.publisher.timer
 
 
 @app.task(name="rcbatch.submit")
@@ -81,6 +112,14 @@ def submit_task(bid: str, iid: str, token: str) -> None:
 def poll_task(bid: str, iid: str, seq: int) -> None:
     """Poll one item's remote job."""
     polling.poll(runtime(), bid, iid, seq)
+
+
+@app.task(name="rcbatch.poll_round")
+def poll_round_task(tick: int) -> None:
+    """Run the polls planned up to the end of a tick."""
+    rt = runtime()
+    publisher, timer = _celery(rt)
+    run_round(rt, timer, tick, again=lambda: publisher.poll_round(tick))
 
 
 @app.task(name="rcbatch.fetch")
@@ -97,8 +136,10 @@ def dispatch_task() -> None:
 
 @app.task(name="rcbatch.reconcile")
 def reconcile_task() -> None:
-    """Re-drive overdue items (run by beat)."""
-    reconciler.reconcile(runtime())
+    """Re-drive overdue items (run by beat), then forget the polls they left planned."""
+    rt = runtime()
+    reconciler.reconcile(rt)
+    _celery(rt)[1].drop_stale(rt.clock() - 2 * rt.limits.step_grace)
 
 
 @app.task(name="rcbatch.manifest")

@@ -54,12 +54,15 @@ def limits_from(settings: Any) -> Limits:
                   claim_due=2 * grace, submit_due=longest_submit + grace)
 
 
-def build_runtime(settings: Any, publisher: Publisher) -> Runtime:
-    """A runtime over the real Redis, API and buckets named by `settings`."""
+def build_runtime(settings: Any, publisher: Publisher,
+                  state: redis.Redis | None = None) -> Runtime:
+    """A runtime over the real Redis (`state`, or a client of its own), API and buckets
+    named by `settings`."""
     @functools.lru_cache(maxsize=8)
     def buckets(url: str) -> Bucket:
         return open_bucket(url or settings.resolved_bucket_url(),
                            s3_endpoint_url=settings.s3_endpoint_url)
 
-    return Runtime(store=Store(redis_client(settings.redis_url)), client=api_client(settings),
+    state = state if state is not None else redis_client(settings.redis_url)
+    return Runtime(store=Store(state), client=api_client(settings),
                    buckets=buckets, publisher=publisher, limits=limits_from(settings))

@@ -1,0 +1,163 @@
+"""Planned polls and their rounds (worker/poll_timer.py), over fakeredis and the fake API.
+
+The Celery side (a round task per armed tick, on real workers) runs in every end-to-end test;
+here the timer and `run_round` are plain objects and functions, with the clock moved by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fakeredis
+import pytest
+
+from tests.test_steps import Harness
+from worker import keys, poll_timer
+from worker.poll_timer import ROUND_LIMIT, TICK, PollTimer, run_round
+
+LEASE = 600.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def timer() -> PollTimer:
+    return PollTimer(fakeredis.FakeRedis(), lease=LEASE, clock=Clock())
+
+
+def now(timer: PollTimer) -> float:
+    return timer.clock()
+
+
+def test_the_polls_of_one_tick_send_one_round_at_its_end(timer: PollTimer) -> None:
+    first = timer.add("b", "i1", 3, 0.51)
+    assert first is not None
+    tick, countdown = first
+    assert tick * TICK >= now(timer) + 0.51 and 0.51 <= countdown < 0.51 + TICK
+    assert timer.add("b", "i2", 5, 0.52) is None  # same tick: nothing more to send
+    later = timer.add("b", "i3", 1, 2.0)
+    assert later is not None and later[0] > tick
+
+
+def test_a_round_takes_what_is_due_by_its_tick_earliest_first_up_to_its_limit(
+        timer: PollTimer) -> None:
+    armed = timer.add("b", "late", 1, 5.0)
+    for k in range(ROUND_LIMIT + 1):
+        armed = timer.add("b", f"i{k}", k + 1, 0.3 - k * 0.01) or armed
+    tick = poll_timer.math.ceil((now(timer) + 0.3) / TICK)
+    taken = timer.take(tick)
+    assert taken == [("b", f"i{k}", k + 1) for k in range(ROUND_LIMIT, 0, -1)]
+    assert timer.take(tick) == [("b", "i0", 1)]  # the rest, for the round sent again
+    assert timer.take(tick) == []  # "late" is not due by this tick
+
+
+def test_polls_taken_by_a_round_that_died_are_taken_again_after_the_lease(
+        timer: PollTimer) -> None:
+    armed = timer.add("b", "ran", 1, 0.1)
+    timer.add("b", "lost", 1, 0.1)
+    assert armed is not None
+    timer.clock.now += 0.2  # type: ignore[attr-defined]
+    taken = timer.take(armed[0])
+    assert sorted(taken) == [("b", "lost", 1), ("b", "ran", 1)]
+    timer.done([("b", "ran", 1)])  # then the worker is killed before "lost" ran
+    assert timer.take(armed[0]) == []  # leased: not while the round may still be running
+    timer.clock.now += LEASE  # type: ignore[attr-defined]
+    assert timer.take(armed[0]) == [("b", "lost", 1)]  # the round's message came back
+
+
+def test_a_poll_planned_after_its_ticks_round_ran_arms_it_again(timer: PollTimer) -> None:
+    armed = timer.add("b", "i1", 1, 0.2)
+    assert armed is not None
+    timer.clock.now += 0.3  # type: ignore[attr-defined]
+    assert timer.take(armed[0]) == [("b", "i1", 1)]
+    again = timer.add("b", "i2", 1, 0.001)  # lands in a tick whose round just ran
+    assert again is not None and timer.take(again[0]) == [("b", "i2", 1)]
+
+
+def test_entries_left_by_re_driven_items_are_dropped(timer: PollTimer) -> None:
+    timer.add("b", "old", 1, 1.0)
+    timer.add("b", "new", 1, 500.0)
+    assert timer.drop_stale(now(timer) + 100) == 1
+    assert [m.decode() for m in timer.redis.zrange(keys.POLLS, 0, -1)] == ["1 b/new"]
+
+
+# --- run_round, with the pipeline's steps ----------------------------------------------------
+
+
+def planned(h: Harness, n: int) -> tuple[PollTimer, int, list[str]]:
+    """`n` items submitted and their first polls planned in the timer; every job finished at
+    the API and the clock past the polls' tick. Returns the timer, the tick and the items."""
+    h.api.auto_advance = False
+    iids = h.register(n)
+    timer = PollTimer(h.store.redis, lease=LEASE, clock=h.clock)
+    ticks = set()
+    while h.publisher.sent:
+        kind, args, countdown = h.publisher.sent.pop(0)
+        if kind == "submit":
+            h.publisher.sent.insert(0, (kind, args, 0))
+            h.step()
+        elif kind == "poll":
+            armed = timer.add(*args, max(countdown, 0.01))
+            ticks.add(armed[0] if armed else None)
+    for rid in list(h.api.jobs):
+        h.api.finish(rid)
+    h.clock.now += 60
+    return timer, max(t for t in ticks if t is not None), iids
+
+
+def test_a_round_runs_its_polls_then_their_fetches_and_sends_itself_again_when_full() -> None:
+    h = Harness()
+    timer, tick, iids = planned(h, ROUND_LIMIT + 2)
+    sent_again = []
+    assert run_round(h.rt, timer, tick, again=lambda: sent_again.append(tick)) == ROUND_LIMIT
+    assert sent_again == [tick]
+    order = [endpoint for endpoint, _ in h.api.requests if endpoint in ("result", "download")]
+    assert order == ["result"] * ROUND_LIMIT + ["download"] * ROUND_LIMIT
+    assert run_round(h.rt, timer, tick, again=lambda: sent_again.append(tick)) == 2
+    assert sent_again == [tick]
+    assert [h.state(i) for i in iids] == [keys.COMPLETED] * len(iids)
+    assert len(h.bucket.list_keys("b/")) == len(iids)
+
+
+def test_one_item_failing_in_a_round_leaves_the_others_running(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness()
+    timer, tick, iids = planned(h, 3)
+    real_poll = poll_timer.poll
+
+    def poll(rt: Any, bid: str, iid: str, seq: int) -> None:
+        if iid == iids[1]:
+            raise ConnectionError("Redis went away")
+        real_poll(rt, bid, iid, seq)
+
+    monkeypatch.setattr(poll_timer, "poll", poll)
+    assert run_round(h.rt, timer, tick, again=lambda: None) == 3
+    assert [h.state(i) for i in iids] == [keys.COMPLETED, keys.SUBMITTED, keys.COMPLETED]
+    assert h.store.redis.zscore(keys.POLLS, f"1 b/{iids[1]}") > h.clock.now  # leased: again
+    assert h.store.redis.zscore(keys.POLLS, f"1 b/{iids[0]}") is None  # ran: gone
+
+
+def test_fetches_after_a_slow_first_one_go_to_fetch_tasks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness()
+    timer, tick, iids = planned(h, 3)
+    real_put = h.bucket.put_stream
+
+    async def slow_put(*args: Any, **kwargs: Any) -> Any:
+        h.clock.now += poll_timer.FETCH_INLINE_SECONDS + 1  # the first download takes long
+        return await real_put(*args, **kwargs)
+
+    monkeypatch.setattr(h.bucket, "put_stream", slow_put)
+    run_round(h.rt, timer, tick, again=lambda: None)
+    done = [i for i in iids if h.state(i) == keys.COMPLETED]
+    handed = [args[1] for kind, args, _ in h.publisher.sent if kind == "fetch"]
+    assert len(done) == 1 and sorted(handed) == sorted(set(iids) - set(done))
+    assert {h.store.item("b", i)["deliveries"] for i in handed} == {"0"}  # type: ignore
+    h.drive()  # the fetch tasks run
+    assert [h.state(i) for i in iids] == [keys.COMPLETED] * 3
