@@ -11,19 +11,11 @@ from typing import Any
 import fakeredis
 import pytest
 
-from tests.test_steps import Harness
+from tests.test_steps import Clock, Harness
 from worker import keys, poll_timer
 from worker.poll_timer import ROUND_LIMIT, TICK, PollTimer, run_round
 
 LEASE = 600.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
