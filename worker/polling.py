@@ -199,8 +199,9 @@ def _succeeded(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
                                                          "discarded"})
         return
     urls = [{"url": o.url, "kind": o.kind} for o in answer.outputs]
-    # deliveries 1: the fetch below, run right here, is the fetch step's first start (what
-    # its begin_step would have counted), so a fetch that keeps crashing fails in time.
+    # deliveries 1: the fetch started below (here, or after the other polls of a round) is
+    # the fetch step's first start, what its begin_step would have counted, so a fetch that
+    # keeps crashing fails in time; one handed to a fetch task instead is reset to 0.
     values: dict[str, object] = {"output_urls": json.dumps(urls), "seq": seq + 1,
                                  "deliveries": 1, "step_errors": 0, "+polls": 1,
                                  "remote_finished_at": now}
