@@ -31,7 +31,7 @@ import httpx
 if TYPE_CHECKING:  # the poller process itself imports nothing of rcbatch
     from bench.harness import Services
     from bench.pipeline import Outcome
-    from producer.spec import ItemSpec
+    from rcbatch.producer.spec import ItemSpec
 
 INTERVAL = 1.0
 ATTEMPTS = 3

@@ -36,9 +36,9 @@ from bench.chaos_checks import Evidence, Findings, check
 from bench.chaos_cluster import ChaosCluster, Monkey
 from bench.harness import EDIT, I2V, MONO_TO_WALL, SEQ, T2I
 from bench.table import Figure, Section, at_most, info, markdown
-from worker import keys
-from worker.state import Store
-from worker.wiring import redis_client
+from rcbatch.worker import keys
+from rcbatch.worker.state import Store
+from rcbatch.worker.wiring import redis_client
 
 #: fault rates of the simulator, per request / job / download / body
 DEFAULT_FAULTS: dict[str, float] = {

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.chaos_cluster import Blow
-from runcomfy.simulator.stats import canonical_digest
-from worker import keys
-from worker.bucket.naming import TEMP_MARK
+from rcbatch.runcomfy.simulator.stats import canonical_digest
+from rcbatch.worker import keys
+from rcbatch.worker.bucket.naming import TEMP_MARK
 
 #: a SIGKILL of the process holding a submit's connection explains a lost answer when it
 #: came within these seconds of the job's creation (before: the request was on its way)

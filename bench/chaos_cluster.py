@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Any
 
 from bench.harness import TOKEN, Simulator
-from rcbatch.embedded_redis import EmbeddedRedis
+from rcbatch.cli.embedded_redis import EmbeddedRedis
 from rcbatch.lifetime import die_with_parent
 
 #: seconds a killed pool child's siblings may take to die with a killed main (PDEATHSIG)
@@ -76,7 +76,7 @@ class ChaosCluster:
         self.exits: list[str] = []
         self.workers = [Proc(f"worker-{n}", self._worker_argv(n, concurrency))
                         for n in range(workers)]
-        self.beat = Proc("beat", [sys.executable, "-m", "celery", "-A", "worker.celery_cli",
+        self.beat = Proc("beat", [sys.executable, "-m", "celery", "-A", "rcbatch.worker.celery_cli",
                                   "beat", "--loglevel", "WARNING", "--schedule",
                                   str(root / "beat-schedule")])
 

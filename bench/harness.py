@@ -27,9 +27,9 @@ from typing import IO, Any
 import httpx
 import redis
 
-from rcbatch.embedded_redis import EmbeddedRedis
+from rcbatch.cli.embedded_redis import EmbeddedRedis
+from rcbatch.cli.supervisor import read_listening_url
 from rcbatch.lifetime import die_with_parent
-from rcbatch.supervisor import read_listening_url
 
 TOKEN = "bench-token-7c1e55aa90"
 T2I = "bytedance/dreamina-4-0/text-to-image"

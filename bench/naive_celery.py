@@ -30,7 +30,7 @@ from bench.asyncio_poller import output_urls
 if TYPE_CHECKING:
     from bench.harness import Services
     from bench.pipeline import Outcome
-    from producer.spec import ItemSpec
+    from rcbatch.producer.spec import ItemSpec
 
 POLL_SECONDS = 2.0
 QUEUE = "naive"

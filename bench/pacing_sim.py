@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from bench.makespan import HEADROOM_SECONDS
 from bench.polling import VIDEO_MIX, bound
 from bench.table import mean, quantile
-from worker.pacing import Pacer
+from rcbatch.worker.pacing import Pacer
 
 #: task hand-off added to every countdown (s, uniform from 0)
 TASK_LAG = 0.1

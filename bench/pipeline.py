@@ -31,12 +31,12 @@ from bench.harness import (
     group_cpu,
 )
 from bench.profiling import Spies
-from config import Settings
-from producer.batch import register_batch
-from producer.spec import ItemSpec
+from rcbatch.config import Settings
+from rcbatch.producer.batch import register_batch
+from rcbatch.producer.spec import ItemSpec
+from rcbatch.worker.state import Store
+from rcbatch.worker.wiring import redis_client
 from tests.cluster import Workers
-from worker.state import Store
-from worker.wiring import redis_client
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ class RcbatchCluster:
         self.store = Store(redis_client(svc.redis_url))
 
     def __enter__(self) -> RcbatchCluster:
-        from worker.celery_app import app, configure
+        from rcbatch.worker.celery_app import app, configure
 
         self.svc.flush()
         forget_broker(app)
@@ -206,7 +206,7 @@ class RcbatchCluster:
         return [p.pid for p in self.workers.procs]
 
     def _wait_ready(self, timeout: float = 60.0) -> None:
-        from worker.celery_app import app
+        from rcbatch.worker.celery_app import app
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -216,7 +216,7 @@ class RcbatchCluster:
 
     def submit(self, specs: Sequence[ItemSpec], name: str) -> str:
         """Register a batch and nudge a dispatch, as `rcbatch submit` does; its id."""
-        from worker.tasks import CeleryPublisher
+        from rcbatch.worker.tasks import CeleryPublisher
 
         reg = register_batch(self.store, specs, name=name,
                              bucket_url=self.settings.resolved_bucket_url(), sources=["bench"])

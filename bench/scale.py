@@ -36,8 +36,8 @@ from bench.harness import Sampler, Services, group_cpu
 from bench.pipeline import Knobs, RcbatchCluster, t2i_specs
 from bench.runner import conclude, parser
 from bench.table import Figure, Section, at_most, info
-from worker import keys
-from worker.celery_app import QUEUE
+from rcbatch.worker import keys
+from rcbatch.worker.celery_app import QUEUE
 
 FULL_ITEMS = 100_000
 QUICK_ITEMS = 300

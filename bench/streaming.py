@@ -58,11 +58,11 @@ from bench.harness import (
 from bench.pipeline import Knobs, RcbatchCluster
 from bench.runner import conclude, parser
 from bench.table import Figure, Section, at_least, at_most, info
-from producer.batch import register_batch
-from producer.spec import ItemSpec
-from worker import keys
-from worker.bucket.local import WRITEBACK_EVERY
-from worker.bucket.s3 import PARTS_IN_FLIGHT
+from rcbatch.producer.batch import register_batch
+from rcbatch.producer.spec import ItemSpec
+from rcbatch.worker import keys
+from rcbatch.worker.bucket.local import WRITEBACK_EVERY
+from rcbatch.worker.bucket.s3 import PARTS_IN_FLIGHT
 
 MIB = 1024 * 1024
 FULL_BYTES = 1024 * MIB
@@ -126,7 +126,7 @@ def video_spec(svc: Services, tag: str) -> ItemSpec:
 
 def submit(cluster: RcbatchCluster, spec: ItemSpec, bucket_url: str) -> str:
     """Register a one-item batch storing into `bucket_url` and nudge a dispatch."""
-    from worker.tasks import CeleryPublisher
+    from rcbatch.worker.tasks import CeleryPublisher
 
     reg = register_batch(cluster.store, [spec], name=spec.item_id, bucket_url=bucket_url,
                          sources=["bench"])

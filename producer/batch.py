@@ -9,9 +9,9 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from config.prices import estimate
-from producer.spec import ItemSpec
-from worker.state import NewItem, Registration, Store
+from rcbatch.config.prices import estimate
+from rcbatch.producer.spec import ItemSpec
+from rcbatch.worker.state import NewItem, Registration, Store
 
 
 def default_name(paths: Sequence[Path]) -> str:

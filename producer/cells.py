@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from producer.jsontext import has_non_finite, has_surrogate, json_error, json_loads
+from rcbatch.producer.jsontext import has_non_finite, has_surrogate, json_error, json_loads
 
 _INT_RE = re.compile(r"[+-]?[0-9]+")
 _NUM_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")

@@ -14,16 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from producer.cells import coerce_cell
-from producer.jsontext import (
+from rcbatch.errors import Problem
+from rcbatch.producer.cells import coerce_cell
+from rcbatch.producer.jsontext import (
     NonFinite,
     has_non_finite,
     has_surrogate,
     json_error,
     json_loads,
 )
-from rcbatch.errors import Problem
-from runcomfy import catalogue
+from rcbatch.runcomfy import catalogue
 
 #: a physical line longer than this is refused (a generation spec is a few KiB at most)
 MAX_LINE_BYTES = 1 << 20

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from producer.reader import ROW_FIELD, Row, iter_rows, one_line
-from producer.sweep import expand_rows, sweep_suffix
 from rcbatch.errors import Problem, ValidationFailed
-from runcomfy import catalogue
+from rcbatch.producer.reader import ROW_FIELD, Row, iter_rows, one_line
+from rcbatch.producer.sweep import expand_rows, sweep_suffix
+from rcbatch.runcomfy import catalogue
 
 MAX_ID_LENGTH = 128
 

@@ -21,9 +21,9 @@ from dataclasses import replace
 from itertools import product
 from typing import Any
 
-from producer.reader import Row
 from rcbatch.errors import InputError, Problem
-from runcomfy import catalogue
+from rcbatch.producer.reader import Row
+from rcbatch.runcomfy import catalogue
 
 SWEEP_FIELDS = ("sweep", "zip", "repeat")
 MAX_EXPANSION = 10_000

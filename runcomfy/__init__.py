@@ -1,11 +1,11 @@
 """RunComfy's Model API: the client, the catalogue of the four models, preflight, simulator.
 
-    from runcomfy import RunComfyClient, validate, MODELS
+    from rcbatch.runcomfy import RunComfyClient, validate, MODELS
 """
 
-from runcomfy.answers import JobState, Output, ResultAnswer, StatusAnswer, SubmitAnswer
-from runcomfy.catalogue import MODELS, Issue, ModelSpec, get_model, input_model, validate
-from runcomfy.client import DEFAULT_BASE_URL, Download, RunComfyClient
+from rcbatch.runcomfy.answers import JobState, Output, ResultAnswer, StatusAnswer, SubmitAnswer
+from rcbatch.runcomfy.catalogue import MODELS, Issue, ModelSpec, get_model, input_model, validate
+from rcbatch.runcomfy.client import DEFAULT_BASE_URL, Download, RunComfyClient
 
 __all__ = [
     "DEFAULT_BASE_URL", "MODELS", "Download", "Issue", "JobState", "ModelSpec", "Output",

@@ -34,7 +34,7 @@ from rcbatch.errors import (
     TransportError,
     UnexpectedAnswer,
 )
-from runcomfy.answers import (
+from rcbatch.runcomfy.answers import (
     CancelAnswer,
     Endpoint,
     JobState,
@@ -51,7 +51,7 @@ from runcomfy.answers import (
     parse_status,
     parse_submit,
 )
-from runcomfy.transport import AiohttpTransport
+from rcbatch.runcomfy.transport import AiohttpTransport
 
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net"
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)

@@ -1,8 +1,8 @@
 """An in-memory RunComfy Model API for unit tests, plugged into the client as an httpx transport.
 
     import httpx
-    from runcomfy.client import RunComfyClient
-    from runcomfy.fake import FakeRunComfy
+    from rcbatch.runcomfy.client import RunComfyClient
+    from rcbatch.runcomfy.fake import FakeRunComfy
 
     fake = FakeRunComfy()
     client = RunComfyClient("test-token", transport=httpx.MockTransport(fake))
@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 import httpx
 
-from runcomfy.client import DEFAULT_BASE_URL, RunComfyClient
+from rcbatch.runcomfy.client import DEFAULT_BASE_URL, RunComfyClient
 
 FakeEndpoint = Literal["submit", "status", "result", "cancel", "download"]
 _JOB_ENDPOINTS: tuple[FakeEndpoint, ...] = ("status", "result", "cancel")

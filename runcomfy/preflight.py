@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 
-from runcomfy.catalogue import MODELS, FieldSpec, ImageInfo, ImageRule, Issue, url_problem
-from runcomfy.imageinfo import identify, read_header
+from rcbatch.runcomfy.catalogue import MODELS, FieldSpec, ImageInfo, ImageRule, Issue, url_problem
+from rcbatch.runcomfy.imageinfo import identify, read_header
 
 _FIRST_READ = 64 * 1024
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)

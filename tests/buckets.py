@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from rcbatch.worker.bucket import Bucket, MemoryBucket, S3Bucket, open_bucket
 from tests.s3server import FAKE_AWS_ENV, MotoS3Server, create_bucket
-from worker.bucket import Bucket, MemoryBucket, S3Bucket, open_bucket
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from rcbatch.lifetime import die_with_parent
-from worker.state import Store
+from rcbatch.worker.state import Store
 
 
 class Workers:

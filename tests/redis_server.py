@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from rcbatch.embedded_redis import EmbeddedRedis
+from rcbatch.cli.embedded_redis import EmbeddedRedis
 
 
 @pytest.fixture(scope="session")

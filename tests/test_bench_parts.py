@@ -18,10 +18,10 @@ from bench.pipeline import Knobs
 from bench.profiling import report
 from bench.scale import Run, Sample
 from bench.streaming import Stream, Target, figures
-from producer.batch import register_batch
-from producer.spec import read_and_check
-from worker import keys
-from worker.state import Store
+from rcbatch.producer.batch import register_batch
+from rcbatch.producer.spec import read_and_check
+from rcbatch.worker import keys
+from rcbatch.worker.state import Store
 
 
 def test_generated_rows_are_valid_distinct_items(tmp_path: Path) -> None:

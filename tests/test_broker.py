@@ -21,8 +21,8 @@ from celery import Celery
 
 from bench.harness import process_cpu
 from rcbatch.lifetime import die_with_parent
-from worker import broker
-from worker.celery_app import celery_config
+from rcbatch.worker import broker
+from rcbatch.worker.celery_app import celery_config
 
 TESTS = Path(__file__).resolve().parent
 #: how long the countdown task keeps the slot busy, and the window measured inside it

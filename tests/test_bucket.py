@@ -20,9 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rcbatch.errors import InputError, OutputLost, RetryLater, ServiceUnavailable
-from tests.buckets import new_s3_bucket
-from tests.s3server import FAKE_AWS_ENV, MotoS3Server, create_bucket, free_port
-from worker.bucket import (
+from rcbatch.worker.bucket import (
     Bucket,
     LocalBucket,
     MemoryBucket,
@@ -33,7 +31,9 @@ from worker.bucket import (
     open_bucket,
     safe_part,
 )
-from worker.bucket.naming import TEMP_MARK
+from rcbatch.worker.bucket.naming import TEMP_MARK
+from tests.buckets import new_s3_bucket
+from tests.s3server import FAKE_AWS_ENV, MotoS3Server, create_bucket, free_port
 
 MiB = 1024 * 1024
 ROOT = Path(__file__).resolve().parent.parent
@@ -427,7 +427,7 @@ def test_s3_client_configuration() -> None:
 
 MEMORY_SCRIPT = """
 import asyncio, json, resource, sys
-from worker.bucket import open_bucket
+from rcbatch.worker.bucket import open_bucket
 
 async def chunks(count):
     for index in range(count):

@@ -18,12 +18,12 @@ import pytest
 from botocore.exceptions import ClientError
 
 from rcbatch.errors import RetryLater, ServiceUnavailable
+from rcbatch.worker.bucket import Bucket, LocalBucket, S3Bucket, local
+from rcbatch.worker.bucket.base import BATCH, BUFFER_LIMIT, pump
+from rcbatch.worker.bucket.s3 import MIN_PART_SIZE
 from tests.buckets import new_s3_bucket
 from tests.s3server import MotoS3Server
 from tests.test_bucket import MiB, Source, assert_nothing_stored, leftovers, put
-from worker.bucket import Bucket, LocalBucket, S3Bucket, local
-from worker.bucket.base import BATCH, BUFFER_LIMIT, pump
-from worker.bucket.s3 import MIN_PART_SIZE
 
 # --- large streams: the writer thread -------------------------------------------------------
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runcomfy.catalogue import (
+from rcbatch.runcomfy.catalogue import (
     INT64_MAX,
     INT64_MIN,
     MODELS,
@@ -27,7 +27,7 @@ from runcomfy.catalogue import (
     validate,
     validate_spec,
 )
-from runcomfy.preflight import Probe, judge
+from rcbatch.runcomfy.preflight import Probe, judge
 
 T2I = "bytedance/dreamina-4-0/text-to-image"
 EDIT = "bytedance/dreamina-4-0/edit"

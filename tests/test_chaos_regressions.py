@@ -19,16 +19,16 @@ from collections.abc import Awaitable
 import httpx
 import pytest
 
-from config.settings import Settings
+from rcbatch.config.settings import Settings
 from rcbatch.errors import ApiRejected, SubmitUncertain
-from runcomfy.answers import SubmitAnswer
-from runcomfy.client import RunComfyClient
-from runcomfy.simulator import SimulatorConfig, SimulatorServer
+from rcbatch.runcomfy.answers import SubmitAnswer
+from rcbatch.runcomfy.client import RunComfyClient
+from rcbatch.runcomfy.simulator import SimulatorConfig, SimulatorServer
+from rcbatch.worker import keys, reconciler
+from rcbatch.worker.runtime import Limits
+from rcbatch.worker.wiring import limits_from
 from tests.test_client_simulator import TOKEN, run
 from tests.test_steps import Harness
-from worker import keys, reconciler
-from worker.runtime import Limits
-from worker.wiring import limits_from
 
 QUICK = Settings(_env_file=None, step_grace=5, http_connect_timeout=2,  # type: ignore[call-arg]
                  http_read_timeout=2)

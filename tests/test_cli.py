@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from runcomfy.simulator import SimulatorConfig, SimulatorServer
+from rcbatch.runcomfy.simulator import SimulatorConfig, SimulatorServer
 
 T2I = "bytedance/dreamina-4-0/text-to-image"
 TOKEN = "cli-test-token-8d1e2f"

@@ -31,9 +31,9 @@ from rcbatch.errors import (
     TransportError,
     UnexpectedAnswer,
 )
-from runcomfy.answers import JobState, Output, parse_retry_after
-from runcomfy.client import RunComfyClient
-from runcomfy.fake import FakeRunComfy
+from rcbatch.runcomfy.answers import JobState, Output, parse_retry_after
+from rcbatch.runcomfy.client import RunComfyClient
+from rcbatch.runcomfy.fake import FakeRunComfy
 
 TOKEN = "rc-SECRET-token-0123456789abcdef"
 MODEL = "bytedance/dreamina-4-0/text-to-image"

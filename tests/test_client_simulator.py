@@ -21,9 +21,9 @@ from rcbatch.errors import (
     SubmitUncertain,
     TransportError,
 )
-from runcomfy.answers import JobState
-from runcomfy.client import RunComfyClient
-from runcomfy.simulator import SimulatorConfig, SimulatorServer
+from rcbatch.runcomfy.answers import JobState
+from rcbatch.runcomfy.client import RunComfyClient
+from rcbatch.runcomfy.simulator import SimulatorConfig, SimulatorServer
 
 TOKEN = "client-sim-token-42ab"
 T = TypeVar("T")

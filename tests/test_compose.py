@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from config import Settings
+from rcbatch.config import Settings
 
 COMPOSE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
 AWS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
@@ -40,4 +40,4 @@ def test_redis_keeps_what_it_acknowledged() -> None:
 
 def test_workers_run_the_rcbatch_worker_and_beat_uses_the_configured_app() -> None:
     assert services()["worker"]["command"][:2] == ["rcbatch", "worker"]
-    assert "worker.celery_cli:app" in services()["beat"]["command"]
+    assert "rcbatch.worker.celery_cli:app" in services()["beat"]["command"]

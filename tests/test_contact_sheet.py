@@ -13,10 +13,10 @@ import fakeredis
 import pytest
 from PIL import Image
 
-from worker import contact_sheet, keys
-from worker.bucket import LocalBucket
-from worker.manifest import write_contact_sheet
-from worker.state import NewItem, Store
+from rcbatch.worker import contact_sheet, keys
+from rcbatch.worker.bucket import LocalBucket
+from rcbatch.worker.manifest import write_contact_sheet
+from rcbatch.worker.state import NewItem, Store
 
 SCALES = [0.3, 0.5, 0.7]
 PROMPTS = ["a red fox", "a blue whale", "a green frog"]

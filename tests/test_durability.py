@@ -26,19 +26,25 @@ import redis
 from celery import Celery
 from kombu import Connection
 
-from config import Settings
-from rcbatch.embedded_redis import EmbeddedRedis
-from runcomfy.simulator import SimulatorConfig, SimulatorServer
-from runcomfy.simulator.faults import FaultPlan
+from rcbatch.cli.embedded_redis import EmbeddedRedis
+from rcbatch.config import Settings
+from rcbatch.runcomfy.simulator import SimulatorConfig, SimulatorServer
+from rcbatch.runcomfy.simulator.faults import FaultPlan
+from rcbatch.worker import keys
+from rcbatch.worker.celery_app import (
+    QUEUE,
+    RcbatchCelery,
+    celery_config,
+    max_countdown,
+    time_limits,
+)
+from rcbatch.worker.runtime import Limits
+from rcbatch.worker.state import Store
+from rcbatch.worker.tasks import CeleryPublisher
+from rcbatch.worker.wiring import redis_client
 from tests.cluster import Workers, wait_finished
 from tests.test_cli import rcbatch, write_rows
 from tests.test_operations import TOKEN, env_for, stats, submit
-from worker import keys
-from worker.celery_app import QUEUE, RcbatchCelery, celery_config, max_countdown, time_limits
-from worker.runtime import Limits
-from worker.state import Store
-from worker.tasks import CeleryPublisher
-from worker.wiring import redis_client
 
 pytestmark = pytest.mark.e2e
 T = TypeVar("T")

@@ -17,11 +17,11 @@ import httpx
 import pytest
 
 from bench.harness import Sampler
-from runcomfy.simulator import SimulatorConfig, SimulatorServer
+from rcbatch.runcomfy.simulator import SimulatorConfig, SimulatorServer
+from rcbatch.worker.state import Store
+from rcbatch.worker.wiring import redis_client
 from tests.cluster import Workers, wait_finished
 from tests.s3server import MotoS3Server, create_bucket
-from worker.state import Store
-from worker.wiring import redis_client
 
 pytestmark = pytest.mark.e2e
 TOKEN = "e2e-token-5f0c9a7d"

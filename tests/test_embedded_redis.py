@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from rcbatch import embedded_redis
-from rcbatch.embedded_redis import EmbeddedRedis, ensure_redis, find_server_binary
+from rcbatch.cli import embedded_redis
+from rcbatch.cli.embedded_redis import EmbeddedRedis, ensure_redis, find_server_binary
 from rcbatch.errors import ServiceUnavailable
 from tests.redis_server import redis_client, redis_server, redis_url
 
@@ -179,7 +179,7 @@ def test_server_dies_when_its_owner_is_sigkilled(tmp_path: Path) -> None:
     owner_code = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from rcbatch.embedded_redis import EmbeddedRedis\n"
+        "from rcbatch.cli.embedded_redis import EmbeddedRedis\n"
         "server = EmbeddedRedis(Path(sys.argv[1]))\n"
         "server.start()\n"
         "print(server.pid, flush=True)\n"

@@ -9,10 +9,10 @@ import json
 
 import fakeredis
 
-from worker import keys
-from worker.bucket import MemoryBucket
-from worker.manifest import CSV_COLUMNS, write_manifest
-from worker.state import NewItem, Store
+from rcbatch.worker import keys
+from rcbatch.worker.bucket import MemoryBucket
+from rcbatch.worker.manifest import CSV_COLUMNS, write_manifest
+from rcbatch.worker.state import NewItem, Store
 
 CONTRACT_FIELDS = {"item_id", "line", "model", "input", "status", "request_id", "attempts",
                    "outputs", "error", "submitted_at", "finished_at"}

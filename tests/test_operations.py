@@ -10,12 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from runcomfy.simulator import SimulatorConfig, SimulatorServer
+from rcbatch.runcomfy.simulator import SimulatorConfig, SimulatorServer
+from rcbatch.worker import keys
+from rcbatch.worker.state import Store
+from rcbatch.worker.wiring import redis_client
 from tests.cluster import Workers, wait_finished
 from tests.test_cli import T2I, rcbatch, write_rows
-from worker import keys
-from worker.state import Store
-from worker.wiring import redis_client
 
 pytestmark = pytest.mark.e2e
 TOKEN = "ops-token-71c3aa90"

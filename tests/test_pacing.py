@@ -15,12 +15,12 @@ import fakeredis
 import pytest
 
 from bench import pacing_sim
-from runcomfy.fake import FakeRunComfy
-from worker import fetching, polling, submission
-from worker.bucket import MemoryBucket
-from worker.pacing import Pacer, WakePlan, guard_interval, probe_interval
-from worker.runtime import Limits, RecordingPublisher, Runtime
-from worker.state import NewItem, Store
+from rcbatch.runcomfy.fake import FakeRunComfy
+from rcbatch.worker import fetching, polling, submission
+from rcbatch.worker.bucket import MemoryBucket
+from rcbatch.worker.pacing import Pacer, WakePlan, guard_interval, probe_interval
+from rcbatch.worker.runtime import Limits, RecordingPublisher, Runtime
+from rcbatch.worker.state import NewItem, Store
 
 MODEL = "bytedance/dreamina-4-0/text-to-image"
 #: task hand-off and fetch, which the pacing's margin has to cover

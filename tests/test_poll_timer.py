@@ -11,9 +11,9 @@ from typing import Any
 import fakeredis
 import pytest
 
+from rcbatch.worker import keys, poll_timer
+from rcbatch.worker.poll_timer import ROUND_LIMIT, TICK, PollTimer, run_round
 from tests.test_steps import Clock, Harness
-from worker import keys, poll_timer
-from worker.poll_timer import ROUND_LIMIT, TICK, PollTimer, run_round
 
 LEASE = 600.0
 

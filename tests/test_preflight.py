@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runcomfy.catalogue import Issue
-from runcomfy.imageinfo import identify, make_image_bytes, read_header
-from runcomfy.preflight import Preflight
+from rcbatch.runcomfy.catalogue import Issue
+from rcbatch.runcomfy.imageinfo import identify, make_image_bytes, read_header
+from rcbatch.runcomfy.preflight import Preflight
 
 I2V = "bytedance/dreamina-3-0/image-to-video"
 EDIT = "bytedance/dreamina-4-0/edit"

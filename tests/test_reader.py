@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from producer.reader import MAX_LINE_BYTES, coerce_cell, read_rows
-from producer.spec import check_rows
+from rcbatch.producer.reader import MAX_LINE_BYTES, coerce_cell, read_rows
+from rcbatch.producer.spec import check_rows
 
 DATA = Path(__file__).parent / "data"
 GOOD, BAD = DATA / "good", DATA / "bad"

@@ -10,9 +10,9 @@ import fakeredis
 import pytest
 import structlog
 
+from rcbatch.cli.schedule import parse_when
 from rcbatch.errors import InputError
-from rcbatch.schedule import parse_when
-from worker.schedules import Schedule, fire_due, latest_firing, load_schedules
+from rcbatch.worker.schedules import Schedule, fire_due, latest_firing, load_schedules
 
 NIGHTLY = Schedule("nightly", "0 2 * * *", "/specs/n.jsonl")
 
@@ -82,13 +82,13 @@ def test_two_beats_firing_together_register_one_batch(redis_url: str, tmp_path: 
     """Real Redis, the real registration path, two 'beats' racing in threads."""
     import threading
 
-    from config import Settings
-    from runcomfy.fake import FakeRunComfy
-    from worker.bucket import MemoryBucket
-    from worker.runtime import RecordingPublisher, Runtime
-    from worker.schedule_tasks import fire_schedules
-    from worker.state import Store
-    from worker.wiring import redis_client
+    from rcbatch.config import Settings
+    from rcbatch.runcomfy.fake import FakeRunComfy
+    from rcbatch.worker.bucket import MemoryBucket
+    from rcbatch.worker.runtime import RecordingPublisher, Runtime
+    from rcbatch.worker.schedule_tasks import fire_schedules
+    from rcbatch.worker.state import Store
+    from rcbatch.worker.wiring import redis_client
 
     spec = tmp_path / "nightly.jsonl"
     spec.write_text('{"model": "bytedance/dreamina-4-0/text-to-image", "prompt": "x"}\n')

@@ -20,11 +20,11 @@ import redis
 from celery import Celery
 
 from bench.harness import Sampler
-from config import Settings
-from rcbatch.embedded_redis import EmbeddedRedis, ensure_redis
+from rcbatch.cli.embedded_redis import EmbeddedRedis, ensure_redis
+from rcbatch.config import Settings
+from rcbatch.worker.celery_app import celery_config
+from rcbatch.worker.wiring import redis_client
 from tests.test_cli import rcbatch, write_rows
-from worker.celery_app import celery_config
-from worker.wiring import redis_client
 
 # '+', '/' and '=' make the URL-encoded and base64 forms differ from the token itself.
 TOKEN = "rcb+Secr3t/4e9d1c7a=Zq"

@@ -13,11 +13,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from rcbatch import cmd_simulate
-from runcomfy import catalogue
-from runcomfy.simulator import SimulatorConfig, SimulatorServer
-from runcomfy.simulator.engine import Engine, Job
-from runcomfy.simulator.outputs import OutputPlan
+from rcbatch.cli import cmd_simulate
+from rcbatch.runcomfy import catalogue
+from rcbatch.runcomfy.simulator import SimulatorConfig, SimulatorServer
+from rcbatch.runcomfy.simulator.engine import Engine, Job
+from rcbatch.runcomfy.simulator.outputs import OutputPlan
 
 T2I = "bytedance/dreamina-4-0/text-to-image"
 EDIT = "bytedance/dreamina-4-0/edit"

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from producer.reader import Row
-from producer.spec import ItemSpec, check_rows, read_and_check, stable_id
 from rcbatch.errors import Problem, ValidationFailed
-from runcomfy import catalogue
+from rcbatch.producer.reader import Row
+from rcbatch.producer.spec import ItemSpec, check_rows, read_and_check, stable_id
+from rcbatch.runcomfy import catalogue
 
 DATA = Path(__file__).parent / "data"
 GOOD, BAD = DATA / "good", DATA / "bad"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from worker import keys
-from worker.state import REMOVE, NewItem, Store
+from rcbatch.worker import keys
+from rcbatch.worker.state import REMOVE, NewItem, Store
 
 
 class Clock:

@@ -16,11 +16,11 @@ import fakeredis
 import httpx
 import pytest
 
-from runcomfy.fake import FakeRunComfy
-from worker import fetching, keys, polling, reconciler, submission
-from worker.bucket import MemoryBucket
-from worker.runtime import Limits, RecordingPublisher, Runtime
-from worker.state import NewItem, Store
+from rcbatch.runcomfy.fake import FakeRunComfy
+from rcbatch.worker import fetching, keys, polling, reconciler, submission
+from rcbatch.worker.bucket import MemoryBucket
+from rcbatch.worker.runtime import Limits, RecordingPublisher, Runtime
+from rcbatch.worker.state import NewItem, Store
 
 MODEL = "bytedance/dreamina-4-0/text-to-image"
 
@@ -270,7 +270,7 @@ def test_the_in_flight_cap_holds_back_submissions() -> None:
 
 
 def test_a_cancelled_batch_submits_nothing_more(h: Harness) -> None:
-    from worker.operations import cancel_batch
+    from rcbatch.worker.operations import cancel_batch
 
     ids = h.register(3)
     cancel_batch(h.store, "b")
@@ -280,7 +280,7 @@ def test_a_cancelled_batch_submits_nothing_more(h: Harness) -> None:
 
 
 def test_cancel_asks_the_api_to_cancel_a_queued_job(h: Harness) -> None:
-    from worker.operations import cancel_batch
+    from rcbatch.worker.operations import cancel_batch
 
     [iid] = h.register(1)
     h.step()  # submitted, queued at the API
@@ -291,7 +291,7 @@ def test_cancel_asks_the_api_to_cancel_a_queued_job(h: Harness) -> None:
 
 
 def test_a_running_job_of_a_cancelled_batch_still_lands(h: Harness) -> None:
-    from worker.operations import cancel_batch
+    from rcbatch.worker.operations import cancel_batch
 
     [iid] = h.register(1)
     h.step()  # submitted
@@ -343,7 +343,7 @@ def test_each_state_change_is_one_event_with_the_item_and_request_bound(h: Harne
 
 
 def test_cancel_with_discard_stores_nothing_more(h: Harness) -> None:
-    from worker.operations import cancel_batch
+    from rcbatch.worker.operations import cancel_batch
 
     [iid] = h.register(1)
     h.step()  # submitted
@@ -355,7 +355,7 @@ def test_cancel_with_discard_stores_nothing_more(h: Harness) -> None:
 
 
 def test_a_scheduled_batch_waits_for_its_time_then_runs(h: Harness) -> None:
-    from rcbatch.progress import batch_state
+    from rcbatch.cli.progress import batch_state
 
     specs = [NewItem("i0", "in.jsonl", 1, MODEL, {"prompt": "p"})]
     h.store.register("b", {"name": "b", "bucket_url": "memory://test",

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from producer.spec import read_and_check
-from producer.sweep import parse_cli_sweep
 from rcbatch.errors import InputError
+from rcbatch.producer.spec import read_and_check
+from rcbatch.producer.sweep import parse_cli_sweep
 
 T2I = "bytedance/dreamina-4-0/text-to-image"
 I2V = "bytedance/dreamina-3-0/image-to-video"

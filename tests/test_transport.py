@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from rcbatch.errors import SubmitUncertain
-from runcomfy.client import RunComfyClient
-from runcomfy.transport import CHUNK, AiohttpTransport
+from rcbatch.runcomfy.client import RunComfyClient
+from rcbatch.runcomfy.transport import CHUNK, AiohttpTransport
 
 TOKEN = "tok-transport-0123456789"
 Behaviour = Callable[[socket.socket, bytes], None]

@@ -30,7 +30,7 @@ from typing import Any
 from kombu.transport import redis
 
 #: how Celery names this transport (the `broker_transport` setting)
-TRANSPORT = "worker.broker:Transport"
+TRANSPORT = "rcbatch.worker.broker:Transport"
 #: URL schemes this transport serves (kombu's Redis transport serves both)
 SCHEMES = ("redis", "rediss")
 

@@ -44,8 +44,8 @@ from typing import Any
 
 from celery import Celery
 
-from worker import broker
-from worker.pacing import MAX_POLL_DELAY
+from rcbatch.worker import broker
+from rcbatch.worker.pacing import MAX_POLL_DELAY
 
 VISIBILITY_TIMEOUT = 900.0
 TASK_TIME_LIMIT = 600.0
@@ -88,7 +88,7 @@ class RcbatchCelery(Celery):
         return max_countdown(float(transport.get("visibility_timeout", VISIBILITY_TIMEOUT)))
 
 
-app = RcbatchCelery("rcbatch", include=["worker.tasks", "worker.schedule_tasks"])
+app = RcbatchCelery("rcbatch", include=["rcbatch.worker.tasks", "rcbatch.worker.schedule_tasks"])
 
 
 def celery_config(redis_url: str,

@@ -15,10 +15,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 from rcbatch.errors import ItemFailed, OutputLost, RcbatchError, RetryLater, ServiceUnavailable
-from worker import keys
-from worker.bucket import object_key, safe_part
-from worker.pacing import backoff
-from worker.runtime import Runtime
+from rcbatch.worker import keys
+from rcbatch.worker.bucket import object_key, safe_part
+from rcbatch.worker.pacing import backoff
+from rcbatch.worker.runtime import Runtime
 
 _GONE_RETRIES = 3
 _BUCKET_WAIT = 30.0

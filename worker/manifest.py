@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from worker import contact_sheet, keys
-from worker.bucket import Bucket, StoredObject, object_key
-from worker.state import Store
+from rcbatch.worker import contact_sheet, keys
+from rcbatch.worker.bucket import Bucket, StoredObject, object_key
+from rcbatch.worker.state import Store
 
 SHEET_LIMIT = 5000
 _CHUNK_BYTES = 1 << 20

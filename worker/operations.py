@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from worker import keys
-from worker.state import REMOVE, Store
+from rcbatch.worker import keys
+from rcbatch.worker.state import REMOVE, Store
 
 #: error kinds that are the input's fault: retrying them would fail (and cost) again
 INPUT_FAULTS = ("api_rejected", "validation", "input", "insecure_url")

@@ -37,9 +37,9 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from worker import keys
-from worker.polling import poll
-from worker.runtime import Runtime
+from rcbatch.worker import keys
+from rcbatch.worker.polling import poll
+from rcbatch.worker.runtime import Runtime
 
 #: width of a tick: the most a poll waits past its planned time for its round
 TICK = 0.05

@@ -17,11 +17,11 @@ from rcbatch.errors import (
     RetryLater,
     UnexpectedAnswer,
 )
-from runcomfy.answers import JobState, ResultAnswer
-from worker import keys
-from worker.pacing import MAX_POLL_DELAY, SCOUTS, backoff
-from worker.runtime import Runtime
-from worker.state import REMOVE
+from rcbatch.runcomfy.answers import JobState, ResultAnswer
+from rcbatch.worker import keys
+from rcbatch.worker.pacing import MAX_POLL_DELAY, SCOUTS, backoff
+from rcbatch.worker.runtime import Runtime
+from rcbatch.worker.state import REMOVE
 
 _REMOTE = (keys.SUBMITTED, keys.RUNNING)
 #: seconds the submission time of a model's oldest untimed job is kept after the last wake-up
@@ -213,8 +213,8 @@ def _succeeded(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
     if ok:
         rt.item_log(bid, iid, item).info("item_fetching", state=keys.FETCHING,
                                          outputs=len(urls))
-        from worker.fetching import PendingFetch  # late: avoid import cycles
-        from worker.submission import dispatch
+        from rcbatch.worker.fetching import PendingFetch  # late: avoid import cycles
+        from rcbatch.worker.submission import dispatch
 
         dispatch(rt, inline=1)  # the slot is free: fill it before the download
         # Stored right here rather than through a fetch nudge: one task and one hop less per

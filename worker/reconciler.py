@@ -9,9 +9,9 @@ original copy exits as stale.
 
 from __future__ import annotations
 
-from worker import keys
-from worker.runtime import Runtime
-from worker.submission import dispatch
+from rcbatch.worker import keys
+from rcbatch.worker.runtime import Runtime
+from rcbatch.worker.submission import dispatch
 
 
 def reconcile(rt: Runtime, limit: int = 500) -> int:

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 
-from runcomfy.client import RunComfyClient
-from worker import keys
-from worker.bucket import Bucket
-from worker.pacing import Pacer
-from worker.state import REMOVE, Store
+from rcbatch.runcomfy.client import RunComfyClient
+from rcbatch.worker import keys
+from rcbatch.worker.bucket import Bucket
+from rcbatch.worker.pacing import Pacer
+from rcbatch.worker.state import REMOVE, Store
 
 if TYPE_CHECKING:
-    from worker.fetching import PendingFetch
+    from rcbatch.worker.fetching import PendingFetch
 
 T = TypeVar("T")
 #: manifest refreshes of a running batch: one per this many seconds per item (5 s to 30 s)
@@ -159,7 +159,7 @@ class Runtime:
 
     def after_terminal(self, bid: str, *, refill: bool = True) -> None:
         """An item ended: schedule a manifest refresh (debounced) and fill freed slots."""
-        from worker.submission import dispatch  # late: submission imports this module
+        from rcbatch.worker.submission import dispatch  # late: submission imports this module
 
         finished, total = self.store.progress(bid)
         if finished:

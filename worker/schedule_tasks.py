@@ -10,18 +10,18 @@ from typing import Any
 
 import structlog
 
-from worker.celery_app import app
-from worker.runtime import Runtime
-from worker.schedules import Schedule, fetch_spec, fire_due, load_schedules
+from rcbatch.worker.celery_app import app
+from rcbatch.worker.runtime import Runtime
+from rcbatch.worker.schedules import Schedule, fetch_spec, fire_due, load_schedules
 
 log = structlog.get_logger("rcbatch.schedules")
 
 
 def start_scheduled_run(rt: Runtime, settings: Any, schedule: Schedule, name: str) -> str:
     """Read, check and register the spec of one firing; returns the batch id."""
-    from producer.batch import register_batch
-    from producer.spec import read_and_check
-    from worker.submission import dispatch
+    from rcbatch.producer.batch import register_batch
+    from rcbatch.producer.spec import read_and_check
+    from rcbatch.worker.submission import dispatch
 
     path = fetch_spec(schedule.spec, rt.buckets)
     checked = read_and_check([path])
@@ -46,6 +46,6 @@ def fire_schedules(rt: Runtime, settings: Any) -> list[str]:
 @app.task(name="rcbatch.schedules")
 def schedules_task() -> None:
     """Beat: start recurring runs that are due."""
-    from worker.tasks import runtime
+    from rcbatch.worker.tasks import runtime
 
     fire_schedules(runtime(), app.conf.rcbatch_settings)

@@ -24,7 +24,7 @@ from typing import Any
 from croniter import croniter
 
 from rcbatch.errors import InputError
-from worker import keys
+from rcbatch.worker import keys
 
 #: a firing this much older than "now" counts as missed (beat runs every 30 s)
 LATE_AFTER = 90.0

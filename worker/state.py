@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import redis
 
-from worker import keys, scripts
+from rcbatch.worker import keys, scripts
 
 KEEP = ""
 REMOVE = "-"

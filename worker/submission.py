@@ -18,10 +18,10 @@ from rcbatch.errors import (
     RetryLater,
     SubmitUncertain,
 )
-from worker import keys
-from worker.pacing import MAX_POLL_DELAY, backoff
-from worker.runtime import Runtime
-from worker.state import REMOVE
+from rcbatch.worker import keys
+from rcbatch.worker.pacing import MAX_POLL_DELAY, backoff
+from rcbatch.worker.runtime import Runtime
+from rcbatch.worker.state import REMOVE
 
 
 def dispatch(rt: Runtime, limit: int = 200, inline: int = 0) -> int:

@@ -14,12 +14,12 @@ import structlog
 from celery.signals import worker_process_init
 
 from rcbatch.lifetime import exit_with_parent
-from worker import fetching, polling, reconciler, submission
-from worker.celery_app import TASK_TIME_LIMIT, app
-from worker.manifest import write_manifest
-from worker.poll_timer import PollTimer, run_round
-from worker.runtime import Runtime
-from worker.wiring import build_runtime, redis_client
+from rcbatch.worker import fetching, polling, reconciler, submission
+from rcbatch.worker.celery_app import TASK_TIME_LIMIT, app
+from rcbatch.worker.manifest import write_manifest
+from rcbatch.worker.poll_timer import PollTimer, run_round
+from rcbatch.worker.runtime import Runtime
+from rcbatch.worker.wiring import build_runtime, redis_client
 
 log = structlog.get_logger("rcbatch.worker")
 _runtime: tuple[int, Runtime] | None = None
@@ -150,7 +150,7 @@ def manifest_task(bid: str) -> None:
 
 def refresh_manifest(rt: Runtime, bid: str) -> str:
     """Rewrite the manifest now; returns its URL."""
-    from worker import keys
+    from rcbatch.worker import keys
 
     rt.store.redis.delete(f"{keys.batch(bid)}:manifest_pending")
     finished = rt.store.is_finished(bid)

@@ -9,10 +9,10 @@ import httpx
 import redis
 
 from rcbatch.errors import ServiceUnavailable
-from runcomfy.client import RunComfyClient
-from worker.bucket import Bucket, open_bucket
-from worker.runtime import Limits, Publisher, Runtime
-from worker.state import Store
+from rcbatch.runcomfy.client import RunComfyClient
+from rcbatch.worker.bucket import Bucket, open_bucket
+from rcbatch.worker.runtime import Limits, Publisher, Runtime
+from rcbatch.worker.state import Store
 
 
 def redis_client(url: str) -> redis.Redis:

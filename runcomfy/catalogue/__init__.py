@@ -4,7 +4,7 @@
 problem of a row at once; `input_model` gives a typed pydantic model per endpoint.
 """
 
-from runcomfy.catalogue.spec import (
+from rcbatch.runcomfy.catalogue.spec import (
     FieldKind,
     FieldSpec,
     ImageRule,
@@ -15,9 +15,14 @@ from runcomfy.catalogue.spec import (
     SoftLimit,
     split_rule,
 )
-from runcomfy.catalogue.table import DREAMINA_SIZES, MODELS, SEEDREAM_RESOLUTIONS, define_model
-from runcomfy.catalogue.typed import ModelInput, input_model, python_name
-from runcomfy.catalogue.validate import (
+from rcbatch.runcomfy.catalogue.table import (
+    DREAMINA_SIZES,
+    MODELS,
+    SEEDREAM_RESOLUTIONS,
+    define_model,
+)
+from rcbatch.runcomfy.catalogue.typed import ModelInput, input_model, python_name
+from rcbatch.runcomfy.catalogue.validate import (
     INT64_MAX,
     INT64_MIN,
     LOOPBACK_HOSTS,
@@ -28,7 +33,7 @@ from runcomfy.catalogue.validate import (
     validate,
     validate_spec,
 )
-from runcomfy.imageinfo import ImageInfo
+from rcbatch.runcomfy.imageinfo import ImageInfo
 
 __all__ = [
     "DREAMINA_SIZES",

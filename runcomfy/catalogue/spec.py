@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from runcomfy.imageinfo import ImageInfo
+from rcbatch.runcomfy.imageinfo import ImageInfo
 
 FieldKind = Literal["string", "integer", "number", "boolean", "array"]
 OutputKind = Literal["image", "video"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from runcomfy.catalogue.spec import FieldSpec, ImageRule, ModelSpec, OutputKind, SoftLimit
+from rcbatch.runcomfy.catalogue.spec import FieldSpec, ImageRule, ModelSpec, OutputKind, SoftLimit
 
 JPEG_PNG = ("JPEG", "PNG")
 

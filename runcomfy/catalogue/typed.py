@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 
-from runcomfy.catalogue.spec import FieldSpec
-from runcomfy.catalogue.validate import INT64_MAX, INT64_MIN, RESERVED_FIELDS, get_model
+from rcbatch.runcomfy.catalogue.spec import FieldSpec
+from rcbatch.runcomfy.catalogue.validate import INT64_MAX, INT64_MIN, RESERVED_FIELDS, get_model
 
 _BASE_TYPES: dict[str, Any] = {"string": str, "integer": int, "number": float,
                                "boolean": bool, "array": list[Any]}

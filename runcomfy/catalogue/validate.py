@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from runcomfy.catalogue.spec import FieldSpec, Issue, ModelSpec, is_finite_number
-from runcomfy.catalogue.table import MODELS
+from rcbatch.runcomfy.catalogue.spec import FieldSpec, Issue, ModelSpec, is_finite_number
+from rcbatch.runcomfy.catalogue.table import MODELS
 
 #: row keys that belong to rcbatch (the model id and the item id), not to the model's input
 RESERVED_FIELDS = frozenset({"model", "id"})

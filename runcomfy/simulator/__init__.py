@@ -10,8 +10,8 @@ live under `/_sim/` (stats, jobs, config, reset, outputs, sample inputs).
         ... point a client at sim.base_url ...
 """
 
-from runcomfy.simulator.app import create_app
-from runcomfy.simulator.config import SimulatorConfig, parse_duration
-from runcomfy.simulator.server import SimulatorServer, run_forever
+from rcbatch.runcomfy.simulator.app import create_app
+from rcbatch.runcomfy.simulator.config import SimulatorConfig, parse_duration
+from rcbatch.runcomfy.simulator.server import SimulatorServer, run_forever
 
 __all__ = ["SimulatorConfig", "SimulatorServer", "create_app", "parse_duration", "run_forever"]

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from runcomfy.simulator.state import SimState
+from rcbatch.runcomfy.simulator.state import SimState
 
 
 def _sim(request: Request) -> SimState:

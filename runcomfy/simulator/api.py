@@ -22,14 +22,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from runcomfy.simulator import validation
-from runcomfy.simulator.config import SimulatorConfig
-from runcomfy.simulator.connection import DropConnection
-from runcomfy.simulator.engine import Job
-from runcomfy.simulator.faults import RequestFaults, RequestKind
-from runcomfy.simulator.outputs import SIM_MODELS
-from runcomfy.simulator.state import SimState
-from runcomfy.simulator.stats import canonical_digest, iso
+from rcbatch.runcomfy.simulator import validation
+from rcbatch.runcomfy.simulator.config import SimulatorConfig
+from rcbatch.runcomfy.simulator.connection import DropConnection
+from rcbatch.runcomfy.simulator.engine import Job
+from rcbatch.runcomfy.simulator.faults import RequestFaults, RequestKind
+from rcbatch.runcomfy.simulator.outputs import SIM_MODELS
+from rcbatch.runcomfy.simulator.state import SimState
+from rcbatch.runcomfy.simulator.stats import canonical_digest, iso
 
 STATUS_NAMES = {"queued": "in_queue", "running": "in_progress", "succeeded": "completed",
                 "failed": "completed", "cancelled": "cancelled"}

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator, Callable
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
-from runcomfy.simulator import admin, api, files
-from runcomfy.simulator.config import SimulatorConfig
-from runcomfy.simulator.connection import ConnectionControl
-from runcomfy.simulator.state import SimState
+from rcbatch.runcomfy.simulator import admin, api, files
+from rcbatch.runcomfy.simulator.config import SimulatorConfig
+from rcbatch.runcomfy.simulator.connection import ConnectionControl
+from rcbatch.runcomfy.simulator.state import SimState
 
 #: the longest the background tick sleeps when no job is about to end
 TICK_SECONDS = 0.25

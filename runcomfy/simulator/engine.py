@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from runcomfy.simulator.outputs import OutputPlan
+from rcbatch.runcomfy.simulator.outputs import OutputPlan
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 

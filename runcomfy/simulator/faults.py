@@ -12,8 +12,8 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-from runcomfy.simulator.config import SimulatorConfig
-from runcomfy.simulator.outputs import GoneMode, OutputFile
+from rcbatch.runcomfy.simulator.config import SimulatorConfig
+from rcbatch.runcomfy.simulator.outputs import GoneMode, OutputFile
 
 RequestKind = Literal["submit", "status", "result", "cancel"]
 

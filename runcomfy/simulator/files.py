@@ -15,11 +15,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from runcomfy.simulator.connection import DropConnection, connection_of
-from runcomfy.simulator.engine import Job
-from runcomfy.simulator.media import MAX_PAD, MAX_SIDE, ByteSource, BytesSource, PatternSource
-from runcomfy.simulator.outputs import OutputFile
-from runcomfy.simulator.state import SimState
+from rcbatch.runcomfy.simulator.connection import DropConnection, connection_of
+from rcbatch.runcomfy.simulator.engine import Job
+from rcbatch.runcomfy.simulator.media import (
+    MAX_PAD,
+    MAX_SIDE,
+    ByteSource,
+    BytesSource,
+    PatternSource,
+)
+from rcbatch.runcomfy.simulator.outputs import OutputFile
+from rcbatch.runcomfy.simulator.state import SimState
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _OUTPUT_NAME = re.compile(r"^(\d+)\.(\w+)$")

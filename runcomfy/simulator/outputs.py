@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from runcomfy.simulator.config import SimulatorConfig
+from rcbatch.runcomfy.simulator.config import SimulatorConfig
 
 OutputKind = Literal["image", "video"]
 GoneMode = Literal["no", "permanent", "transient"]

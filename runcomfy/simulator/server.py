@@ -15,8 +15,8 @@ from typing import TextIO
 import uvicorn
 from starlette.applications import Starlette
 
-from runcomfy.simulator.app import create_app
-from runcomfy.simulator.config import SimulatorConfig
+from rcbatch.runcomfy.simulator.app import create_app
+from rcbatch.runcomfy.simulator.config import SimulatorConfig
 
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 5.0

@@ -8,12 +8,12 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from runcomfy.simulator.config import SimulatorConfig
-from runcomfy.simulator.engine import Engine, Job
-from runcomfy.simulator.faults import FaultPlan
-from runcomfy.simulator.media import ImageCache
-from runcomfy.simulator.outputs import SimModel
-from runcomfy.simulator.stats import Stats, canonical_digest
+from rcbatch.runcomfy.simulator.config import SimulatorConfig
+from rcbatch.runcomfy.simulator.engine import Engine, Job
+from rcbatch.runcomfy.simulator.faults import FaultPlan
+from rcbatch.runcomfy.simulator.media import ImageCache
+from rcbatch.runcomfy.simulator.outputs import SimModel
+from rcbatch.runcomfy.simulator.stats import Stats, canonical_digest
 
 
 class SimState:

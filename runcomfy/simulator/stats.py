@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from runcomfy.simulator.engine import Engine
+from rcbatch.runcomfy.simulator.engine import Engine
 
 
 def canonical_digest(model_id: str, body: Mapping[str, Any]) -> bytes:

@@ -20,7 +20,7 @@ VALIDATION_ERROR_CODE = 422001
 def problems(model_id: str, body: Mapping[str, Any], *,
              strict: bool = False) -> list[tuple[str, str]]:
     """(field, message) for every error (and with `strict` every warning) in this body."""
-    from runcomfy import catalogue  # imported when needed: the app starts without it
+    from rcbatch.runcomfy import catalogue  # imported when needed: the app starts without it
 
     issues = catalogue.validate(model_id, body, allow_loopback_http=True)
     return [(issue.field, issue.message) for issue in issues

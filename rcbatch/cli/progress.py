@@ -17,8 +17,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from worker import keys
-from worker.state import Store
+from rcbatch.worker import keys
+from rcbatch.worker.state import Store
 
 TERMINAL = keys.PUBLIC_TERMINAL
 

@@ -12,10 +12,10 @@ from typing import Any
 import click
 import httpx
 
-from config import Settings, load_settings
-from producer.batch import estimate_total
-from producer.spec import CheckResult, ItemSpec, read_and_check
+from rcbatch.config import Settings, load_settings
 from rcbatch.errors import InputError, Problem, ValidationFailed
+from rcbatch.producer.batch import estimate_total
+from rcbatch.producer.spec import CheckResult, ItemSpec, read_and_check
 
 files_argument = click.argument("files", nargs=-1, required=True,
                                 type=click.Path(path_type=Path, dir_okay=False))
@@ -50,7 +50,7 @@ class Expansion:
     @classmethod
     def from_options(cls, sweeps: Sequence[str], repeat: int | None) -> Expansion:
         """Parse the command-line options."""
-        from producer.sweep import parse_cli_sweep
+        from rcbatch.producer.sweep import parse_cli_sweep
 
         return cls(parse_cli_sweep(sweeps), repeat)
 
@@ -105,8 +105,8 @@ def _by_model(result: CheckResult) -> dict[str, int]:
 
 def run_preflight(items: Sequence[ItemSpec], settings: Settings) -> dict[str, list[Problem]]:
     """Fetch each input image's header and check it: {"error": [...], "warning": [...]}."""
-    from runcomfy.catalogue import Issue
-    from runcomfy.preflight import Preflight
+    from rcbatch.runcomfy.catalogue import Issue
+    from rcbatch.runcomfy.preflight import Preflight
 
     async def go() -> list[list[Issue]]:
         timeout = httpx.Timeout(connect=settings.http_connect_timeout, read=20.0, write=20.0,
@@ -179,12 +179,12 @@ def submit(files: tuple[Path, ...], default_model: str | None, no_preflight: boo
            sweeps: tuple[str, ...], repeat: int | None, name: str | None, at: str | None,
            max_cost: float | None, as_json: bool) -> None:
     """Validate FILES and register a batch for running workers; returns at once."""
-    from producer.batch import default_name, register_batch
-    from rcbatch.schedule import parse_when
-    from worker.celery_app import configure
-    from worker.state import Store
-    from worker.tasks import CeleryPublisher
-    from worker.wiring import check_redis, redis_client
+    from rcbatch.cli.schedule import parse_when
+    from rcbatch.producer.batch import default_name, register_batch
+    from rcbatch.worker.celery_app import configure
+    from rcbatch.worker.state import Store
+    from rcbatch.worker.tasks import CeleryPublisher
+    from rcbatch.worker.wiring import check_redis, redis_client
 
     settings = load_settings()
     if not settings.redis_url:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from runcomfy.simulator import SimulatorConfig, parse_duration, run_forever
+from rcbatch.runcomfy.simulator import SimulatorConfig, parse_duration, run_forever
 
 RATE = click.FloatRange(0.0, 1.0)
 _FAULT_HELP = {

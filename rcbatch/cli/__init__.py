@@ -77,8 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _register_commands() -> None:
-    from rcbatch import cmd_batch, cmd_run, cmd_simulate, cmd_validate, cmd_worker
-
+    from rcbatch.cli import cmd_batch, cmd_run, cmd_simulate, cmd_validate, cmd_worker
     for command in (cmd_run.run, cmd_validate.validate, cmd_validate.submit,
                     cmd_batch.status, cmd_batch.watch, cmd_batch.manifest, cmd_batch.retry,
                     cmd_batch.cancel, cmd_batch.pause, cmd_batch.resume, cmd_worker.worker,

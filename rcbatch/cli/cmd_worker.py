@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from config import load_settings
+from rcbatch.cli.logs import configure_logging
+from rcbatch.config import load_settings
 from rcbatch.errors import InputError
-from rcbatch.logs import configure_logging
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -16,7 +16,7 @@ def worker(celery_args: tuple[str, ...]) -> None:
 
     Any number of workers on any machines can join the same RCBATCH_REDIS_URL.
     """
-    from worker.celery_app import QUEUE, configure
+    from rcbatch.worker.celery_app import QUEUE, configure
 
     settings = load_settings()
     if not settings.redis_url:

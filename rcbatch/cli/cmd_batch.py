@@ -6,21 +6,21 @@ import json
 
 import click
 
-from config import Settings, load_settings
+from rcbatch.cli.progress import batch_state, follow, summary
+from rcbatch.cli.services import open_redis, open_store, resolve_batch
+from rcbatch.config import Settings, load_settings
 from rcbatch.errors import InputError
-from rcbatch.progress import batch_state, follow, summary
-from rcbatch.services import open_redis, open_store, resolve_batch
-from worker import keys, operations
-from worker.manifest import manifest_keys
-from worker.state import Store
-from worker.wiring import redis_client
+from rcbatch.worker import keys, operations
+from rcbatch.worker.manifest import manifest_keys
+from rcbatch.worker.state import Store
+from rcbatch.worker.wiring import redis_client
 
 batch_argument = click.argument("batch", metavar="BATCH")
 
 
 def status_document(store: Store, bid: str, bucket_url: str) -> dict[str, object]:
     """The `status --json` document of a batch."""
-    from worker.bucket import open_bucket
+    from rcbatch.worker.bucket import open_bucket
 
     record = store.batch(bid) or {}
     counts = store.counts(bid)
@@ -72,9 +72,9 @@ def watch(batch: str) -> None:
 @batch_argument
 def manifest(batch: str) -> None:
     """(Re)write BATCH's manifest to the bucket and print its URL."""
-    from worker.runtime import RecordingPublisher
-    from worker.tasks import refresh_manifest
-    from worker.wiring import build_runtime
+    from rcbatch.worker.runtime import RecordingPublisher
+    from rcbatch.worker.tasks import refresh_manifest
+    from rcbatch.worker.wiring import build_runtime
 
     settings = load_settings()
     with open_redis(settings) as url:
@@ -141,8 +141,8 @@ def resume(batch: str) -> None:
 
 
 def _nudge_dispatch(settings: Settings) -> None:
-    from worker.celery_app import configure
-    from worker.tasks import CeleryPublisher
+    from rcbatch.worker.celery_app import configure
+    from rcbatch.worker.tasks import CeleryPublisher
 
     configure(settings)
     CeleryPublisher().dispatch()

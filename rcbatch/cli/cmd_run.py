@@ -16,8 +16,7 @@ from typing import Any
 
 import click
 
-from config import Settings, load_settings
-from rcbatch.cmd_validate import (
+from rcbatch.cli.cmd_validate import (
     Expansion,
     check_files,
     cost_line,
@@ -25,11 +24,12 @@ from rcbatch.cmd_validate import (
     print_problems,
     spec_options,
 )
-from rcbatch.embedded_redis import ensure_redis
+from rcbatch.cli.embedded_redis import ensure_redis
+from rcbatch.cli.logs import configure_logging
+from rcbatch.cli.progress import follow, summary
+from rcbatch.cli.supervisor import Supervisor
+from rcbatch.config import Settings, load_settings
 from rcbatch.errors import InputError
-from rcbatch.logs import configure_logging
-from rcbatch.progress import follow, summary
-from rcbatch.supervisor import Supervisor
 
 
 @click.command()
@@ -63,7 +63,7 @@ def run(files: tuple[Path, ...], simulate: bool, simulate_args: str, bucket_url:
                           simulated=simulate)
     print_problems(checked.warnings, warning=True)
     click.echo(f"{len(checked.items)} items; {cost_line(checked.items, settings)}", err=True)
-    from producer.batch import default_name
+    from rcbatch.producer.batch import default_name
 
     batch_name = name or default_name(files)
     try:
@@ -79,12 +79,12 @@ def run(files: tuple[Path, ...], simulate: bool, simulate_args: str, bucket_url:
 def _run(settings: Settings, token: str, items: list[Any], batch_name: str,
          files: tuple[Path, ...], simulate: bool, sim_options: list[str], workers: int,
          concurrency: int, max_cost: float | None) -> int:
-    from producer.batch import register_batch
-    from worker.celery_app import configure
-    from worker.reconciler import redrive_batch
-    from worker.state import Store
-    from worker.tasks import CeleryPublisher, refresh_manifest
-    from worker.wiring import build_runtime, check_redis, redis_client
+    from rcbatch.producer.batch import register_batch
+    from rcbatch.worker.celery_app import configure
+    from rcbatch.worker.reconciler import redrive_batch
+    from rcbatch.worker.state import Store
+    from rcbatch.worker.tasks import CeleryPublisher, refresh_manifest
+    from rcbatch.worker.wiring import build_runtime, check_redis, redis_client
 
     with ExitStack() as stack:
         redis_url, server = ensure_redis(settings.redis_url, settings.state_dir)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from config import Settings
-from rcbatch.embedded_redis import ensure_redis
+from rcbatch.cli.embedded_redis import ensure_redis
+from rcbatch.config import Settings
 from rcbatch.errors import InputError
-from worker.state import Store
-from worker.wiring import check_redis, redis_client
+from rcbatch.worker.state import Store
+from rcbatch.worker.wiring import check_redis, redis_client
 
 
 @contextmanager
