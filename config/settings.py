@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     http_connect_timeout: float = Field(default=10.0, gt=0)
     http_read_timeout: float = Field(default=60.0, gt=0)
     preflight_concurrency: int = Field(default=8, ge=1)
+    max_items: int = Field(
+        default=100_000, ge=1,
+        description="items one submission may expand to (sweeps and repeats included); "
+                    "checked before anything is expanded")
     step_grace: float = Field(
         default=60.0, gt=0,
         description="seconds past a step's due time before the reconciler re-drives it")
