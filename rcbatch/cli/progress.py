@@ -7,16 +7,6 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-
 from rcbatch.worker import keys
 from rcbatch.worker.state import Store
 
@@ -86,6 +76,17 @@ class _BarView(_View):
     """A rich bar with counts per state, rate and ETA."""
 
     def __init__(self, stream: TextIO) -> None:
+        # rich costs a tenth of a second to import: only a terminal that shows the bar pays it
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
         self.progress = Progress(
             TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[states]}"), TextColumn("{task.fields[rate]}"),

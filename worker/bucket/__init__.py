@@ -12,7 +12,8 @@ them): `LocalBucket` (`file:///abs/path`), `S3Bucket` (`s3://bucket/prefix`) and
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from rcbatch.errors import InputError
 
@@ -20,7 +21,9 @@ from .base import Bucket, NotFound, StoredObject
 from .local import LocalBucket
 from .memory import MemoryBucket
 from .naming import check_key, object_key, safe_part
-from .s3 import S3Bucket, make_s3_client
+
+if TYPE_CHECKING:
+    from .s3 import S3Bucket, make_s3_client
 
 __all__ = [
     "Bucket", "LocalBucket", "MemoryBucket", "NotFound", "S3Bucket", "StoredObject",
@@ -39,5 +42,14 @@ def open_bucket(url: str, *, s3_endpoint_url: str | None = None,
     if scheme == "file":
         return LocalBucket.from_url(url)
     if scheme == "s3":
+        from .s3 import S3Bucket  # boto3 costs a quarter second to import: only for S3
+
         return S3Bucket.from_url(url, endpoint_url=s3_endpoint_url, client=s3_client)
     raise InputError(f"a bucket URL starts with file:/// or s3://, not {url!r}")
+
+
+def __getattr__(name: str) -> Any:
+    """`S3Bucket` and `make_s3_client`, imported (with boto3) only when asked for."""
+    if name in ("S3Bucket", "make_s3_client"):
+        return getattr(importlib.import_module(f"{__name__}.s3"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
