@@ -13,6 +13,7 @@ import pytest
 
 from rcbatch.worker import keys, poll_timer
 from rcbatch.worker.poll_timer import ROUND_LIMIT, TICK, PollTimer, run_round
+from rcbatch.worker.refs import StepRef
 from tests.test_steps import Clock, Harness
 
 LEASE = 600.0
@@ -123,10 +124,10 @@ def test_one_item_failing_in_a_round_leaves_the_others_running(
     timer, tick, iids = planned(h, 3)
     real_poll = poll_timer.poll
 
-    def poll(rt: Any, bid: str, iid: str, seq: int) -> None:
-        if iid == iids[1]:
+    def poll(rt: Any, ref: StepRef) -> None:
+        if ref.iid == iids[1]:
             raise ConnectionError("Redis went away")
-        real_poll(rt, bid, iid, seq)
+        real_poll(rt, ref)
 
     monkeypatch.setattr(poll_timer, "poll", poll)
     assert run_round(h.rt, timer, tick, again=lambda: None) == 3

@@ -19,10 +19,19 @@ import pytest
 from rcbatch.runcomfy.fake import FakeRunComfy
 from rcbatch.worker import fetching, keys, polling, reconciler, submission
 from rcbatch.worker.bucket import MemoryBucket
+from rcbatch.worker.refs import StepRef
 from rcbatch.worker.runtime import Limits, RecordingPublisher, Runtime
 from rcbatch.worker.state import NewItem, Store
 
 MODEL = "bytedance/dreamina-4-0/text-to-image"
+
+
+STEPS = {"submit": submission.submit, "poll": polling.poll, "fetch": fetching.fetch}
+
+
+def ref(kind: str, args: tuple[Any, ...]) -> StepRef:
+    """The step's ref of a recorded submit, poll or fetch nudge, as worker/tasks.py builds it."""
+    return StepRef.claimed(*args) if kind == "submit" else StepRef.at_seq(*args)
 
 
 class Clock:
@@ -45,7 +54,7 @@ class Harness:
         self.rt = Runtime(store=self.store, client=self.api.client(),
                           buckets=lambda _url: self.bucket, publisher=self.publisher,
                           limits=limits or Limits(max_in_flight=8, submit_rate=1000),
-                          clock=self.clock)
+                          clock=self.clock, refill=submission.refill)
 
     def register(self, n: int, bid: str = "b") -> list[str]:
         specs = [NewItem(f"i{k}", "in.jsonl", k + 1, MODEL, {"prompt": f"p{k}"})
@@ -57,9 +66,8 @@ class Harness:
     def step(self) -> tuple[str, tuple[Any, ...]]:
         kind, args, countdown = self.publisher.sent.pop(0)
         self.clock.now += countdown  # time passes as the nudge waits
-        runner = {"submit": submission.submit, "poll": polling.poll, "fetch": fetching.fetch}
-        if kind in runner:
-            runner[kind](self.rt, *args)  # type: ignore[operator]
+        if kind in STEPS:
+            STEPS[kind](self.rt, ref(kind, args))
         return kind, args
 
     def drive(self, limit: int = 500) -> None:
@@ -102,7 +110,7 @@ def test_a_duplicated_poll_exits_without_rescheduling(h: Harness) -> None:
     assert kind == "poll"
     h.step()
     polls_before = len(h.api.calls("result"))
-    polling.poll(h.rt, *args)  # the same message delivered again
+    polling.poll(h.rt, ref(kind, args))  # the same message delivered again
     assert len(h.api.calls("result")) == polls_before
     assert [k for k, _, _ in h.publisher.sent] == ["poll"]
 
@@ -215,10 +223,10 @@ def test_the_reconciler_makes_a_stuck_submission_uncertain(h: Harness) -> None:
 def test_a_step_that_keeps_crashing_its_worker_fails_as_worker_lost(h: Harness) -> None:
     [iid] = h.register(1)
     h.step()  # submitted; a poll is due
-    [(_, args, _)] = h.publisher.sent
+    [(kind, args, _)] = h.publisher.sent
     for _ in range(h.rt.limits.max_deliveries):
-        h.store.begin_step("b", iid, expect=(keys.SUBMITTED,), guard=("seq", str(args[2])))
-    polling.poll(h.rt, *args)
+        h.store.begin_step(ref(kind, args), expect=(keys.SUBMITTED,))
+    polling.poll(h.rt, ref(kind, args))
     assert h.state(iid) == keys.FAILED
     assert h.error(iid)["kind"] == "worker_lost"
 
@@ -251,10 +259,10 @@ def test_a_fetch_that_keeps_crashing_its_worker_counts_the_one_run_inline(
 
 def test_a_submit_that_keeps_crashing_its_worker_fails_unsent(h: Harness) -> None:
     [iid] = h.register(1)
-    [(_, args, _)] = h.publisher.sent
+    [(kind, args, _)] = h.publisher.sent
     for _ in range(h.rt.limits.max_deliveries):  # started, then the worker died, each time
-        h.store.begin_step("b", iid, expect=(keys.CLAIMED,), guard=("token", args[2]))
-    submission.submit(h.rt, *args)
+        h.store.begin_step(ref(kind, args), expect=(keys.CLAIMED,))
+    submission.submit(h.rt, ref(kind, args))
     assert h.state(iid) == keys.FAILED and h.api.calls("submit") == []
     assert h.error(iid)["kind"] == "worker_lost"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import mimetypes
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
@@ -18,6 +17,7 @@ from rcbatch.errors import ItemFailed, OutputLost, RcbatchError, RetryLater, Ser
 from rcbatch.worker import keys
 from rcbatch.worker.bucket import object_key, safe_part
 from rcbatch.worker.pacing import backoff
+from rcbatch.worker.refs import PendingFetch, StepRef
 from rcbatch.worker.runtime import Runtime
 
 _GONE_RETRIES = 3
@@ -27,82 +27,66 @@ _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp",
                "video/quicktime": "mov"}
 
 
-def fetch(rt: Runtime, bid: str, iid: str, seq: int) -> None:
-    """Store every output of one item whose step is still `seq`, then complete it."""
-    guard = ("seq", str(seq))
-    step = rt.store.begin_step(bid, iid, expect=(keys.FETCHING,), guard=guard)
+def fetch(rt: Runtime, ref: StepRef | str, iid: str = "", seq: int = 0) -> None:
+    """Store every output of one item whose step is still the ref's (`StepRef.at_seq`; the
+    message's own `bid, iid, seq` are taken too), then complete it."""
+    ref = ref if isinstance(ref, StepRef) else StepRef.at_seq(ref, iid, seq)
+    step = rt.store.begin_step(ref, expect=(keys.FETCHING,))
     if not step.ok:
         return
+    ref = ref.knowing(step.item)
     if step.deliveries > rt.limits.max_deliveries:
-        rt.finish(bid, iid, expect=(keys.FETCHING,), to=keys.FAILED, guard=guard, error={
+        rt.finish(ref, expect=(keys.FETCHING,), to=keys.FAILED, error={
             "kind": "worker_lost", "message": f"storing outputs crashed a worker "
                                               f"{step.deliveries - 1} times"})
         return
-    store_outputs(rt, bid, iid, seq, step.item, step.batch)
+    store_outputs(rt, PendingFetch(ref, step.item, step.batch))
 
 
-@dataclass(frozen=True)
-class PendingFetch:
-    """The fetch of a job a poll found finished, ready to run: its item was moved to
-    `fetching` at step `seq`, with this start already counted (worker/polling.py)."""
-
-    rt: Runtime
-    bid: str
-    iid: str
-    seq: int
-    item: dict[str, str]
-    batch: dict[str, str]
-
-    def run(self) -> None:
-        """Store the outputs here and now."""
-        store_outputs(self.rt, self.bid, self.iid, self.seq, self.item, self.batch)
-
-    def hand_over(self) -> None:
-        """Leave it to a fetch task instead, which counts its own start."""
-        ok, _ = self.rt.store.transition(self.bid, self.iid, expect=(keys.FETCHING,),
-                                         guard=("seq", str(self.seq)), values={"deliveries": 0})
-        if ok:
-            self.rt.publisher.fetch(self.bid, self.iid, self.seq)
+def hand_over(rt: Runtime, fetch: PendingFetch) -> None:
+    """Leave a fetch a poll started to a fetch task instead, which counts its own start."""
+    ok, _ = rt.store.transition(fetch.ref, expect=(keys.FETCHING,), values={"deliveries": 0})
+    if ok:
+        rt.publisher.fetch(fetch.ref.bid, fetch.ref.iid, fetch.ref.seq)
 
 
-def store_outputs(rt: Runtime, bid: str, iid: str, seq: int, item: dict[str, str],
-                  batch: dict[str, str]) -> None:
-    """The fetch step once started: store the outputs of `item` (its record as of step `seq`)
-    into `batch`'s bucket, then complete it, or plan a retry, or fail it."""
-    guard = ("seq", str(seq))
+def store_outputs(rt: Runtime, fetch: PendingFetch) -> None:
+    """The fetch step once started: store the outputs of `fetch.item` (its record as of the
+    ref's step) into its batch's bucket, then complete it, or plan a retry, or fail it."""
+    ref = fetch.ref
     try:
-        stored = _store_all(rt, rt.buckets(batch.get("bucket_url", "")), bid, iid, item, seq)
+        stored = _store_all(rt, rt.buckets(fetch.batch.get("bucket_url", "")), ref, fetch.item)
     except RetryLater as exc:
-        _retry(rt, bid, iid, item, seq, exc, rt.limits.max_step_errors, exc.retry_after)
+        _retry(rt, fetch, exc, rt.limits.max_step_errors, exc.retry_after)
     except OutputLost as exc:
         # A CDN may answer 404 for a moment after the job ends: a few tries, then it is lost.
         limit = 0 if exc.kind == "too_large" else _GONE_RETRIES
-        _retry(rt, bid, iid, item, seq, exc, limit, None)
+        _retry(rt, fetch, exc, limit, None)
     except ServiceUnavailable as exc:
         # The bucket refuses (no such bucket, access denied): the outputs are paid for and
         # stay on the CDN for days, so hold the batch and keep the item until it is fixed.
-        rt.store.set_batch(bid, state=keys.BATCH_PAUSED, pause_reason=exc.message)
-        _retry(rt, bid, iid, item, seq, exc, 10**6, _BUCKET_WAIT)
+        rt.store.set_batch(ref.bid, state=keys.BATCH_PAUSED, pause_reason=exc.message)
+        _retry(rt, fetch, exc, 10**6, _BUCKET_WAIT)
     except (ItemFailed, RcbatchError) as exc:
-        rt.finish(bid, iid, expect=(keys.FETCHING,), to=keys.FAILED, guard=guard,
+        rt.finish(ref, expect=(keys.FETCHING,), to=keys.FAILED,
                   error={"kind": exc.kind, "message": exc.message})
     else:
-        rt.finish(bid, iid, expect=(keys.FETCHING,), to=keys.COMPLETED, guard=guard,
-                  values={"outputs": json.dumps(stored)}, item=item)
+        rt.finish(ref, expect=(keys.FETCHING,), to=keys.COMPLETED,
+                  values={"outputs": json.dumps(stored)})
 
 
-def _store_all(rt: Runtime, bucket: Any, bid: str, iid: str, item: dict[str, str],
-               seq: int) -> list[dict[str, Any]]:
+def _store_all(rt: Runtime, bucket: Any, ref: StepRef,
+               item: dict[str, str]) -> list[dict[str, Any]]:
     urls = json.loads(item.get("output_urls") or "[]")
     stored: list[dict[str, Any]] = json.loads(item.get("outputs") or "[]")
     for n, output in enumerate(urls):
         if any(s.get("index") == n for s in stored):
             continue
-        beat = _Heartbeat(rt, bid, iid, seq)
-        stored.append(rt.run(_store_one(rt, bucket, bid, iid, n, output["url"], beat)))
+        beat = _Heartbeat(rt, ref)
+        stored.append(rt.run(_store_one(rt, bucket, ref, n, output["url"], beat)))
         if len(stored) == len(urls):
             break  # the last one is recorded by the item's completion
-        rt.store.transition(bid, iid, expect=(keys.FETCHING,), guard=("seq", str(seq)),
+        rt.store.transition(ref, expect=(keys.FETCHING,),
                             due=rt.clock() + rt.limits.step_grace,
                             values={"outputs": json.dumps(stored)})
     return sorted(stored, key=lambda s: s["index"])
@@ -114,25 +98,24 @@ class _Heartbeat:
 
     every = 15.0
 
-    def __init__(self, rt: Runtime, bid: str, iid: str, seq: int) -> None:
-        self.rt, self.bid, self.iid, self.seq = rt, bid, iid, seq
+    def __init__(self, rt: Runtime, ref: StepRef) -> None:
+        self.rt, self.ref = rt, ref
         self.last = rt.clock()
 
     async def wrap(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         async for chunk in chunks:
             if self.rt.clock() - self.last > self.every:
                 self.last = self.rt.clock()
-                self.rt.store.transition(self.bid, self.iid, expect=(keys.FETCHING,),
-                                         guard=("seq", str(self.seq)),
+                self.rt.store.transition(self.ref, expect=(keys.FETCHING,),
                                          due=self.last + self.rt.limits.step_grace)
             yield chunk
 
 
-async def _store_one(rt: Runtime, bucket: Any, bid: str, iid: str, n: int,
+async def _store_one(rt: Runtime, bucket: Any, ref: StepRef, n: int,
                      url: str, beat: _Heartbeat) -> dict[str, Any]:
     async with rt.client.download(url) as download:
         content_type = (download.content_type or "application/octet-stream").split(";")[0]
-        key = object_key(bid, safe_part(iid), f"{n}.{_extension(content_type, url)}")
+        key = object_key(ref.bid, safe_part(ref.iid), f"{n}.{_extension(content_type, url)}")
         obj = await bucket.put_stream(key, beat.wrap(download.aiter_bytes()),
                                       content_type=content_type,
                                       expected_size=download.content_length,
@@ -151,21 +134,21 @@ def _extension(content_type: str, url: str) -> str:
     return guessed.lstrip(".")
 
 
-def _retry(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
-           exc: RcbatchError, limit: int, retry_after: float | None) -> None:
-    errors = int(item.get("step_errors", 0)) + 1
-    guard = ("seq", str(seq))
+def _retry(rt: Runtime, fetch: PendingFetch, exc: RcbatchError, limit: int,
+           retry_after: float | None) -> None:
+    errors = int(fetch.item.get("step_errors", 0)) + 1
+    ref = fetch.ref
     if errors > limit:
         kind = exc.kind if exc.kind == "too_large" else "output_lost"
-        rt.finish(bid, iid, expect=(keys.FETCHING,), to=keys.FAILED, guard=guard,
+        rt.finish(ref, expect=(keys.FETCHING,), to=keys.FAILED,
                   error={"kind": kind, "message": exc.message})
         return
     delay = backoff(errors, retry_after=retry_after)
     now = rt.clock()
     ok, _ = rt.store.transition(
-        bid, iid, expect=(keys.FETCHING,), guard=guard, due=now + delay + rt.limits.step_grace,
-        values={"seq": seq + 1, "deliveries": 0, "step_errors": errors,
+        ref, expect=(keys.FETCHING,), due=now + delay + rt.limits.step_grace,
+        values={"seq": ref.seq + 1, "deliveries": 0, "step_errors": errors,
                 "last_error": exc.as_record()})
     if ok:
-        rt.item_log(bid, iid, item).warning("fetch_retry", kind=exc.kind, delay=round(delay, 2))
-        rt.publisher.fetch(bid, iid, seq + 1, countdown=delay)
+        rt.item_log(ref).warning("fetch_retry", kind=exc.kind, delay=round(delay, 2))
+        rt.publisher.fetch(ref.bid, ref.iid, ref.seq + 1, countdown=delay)

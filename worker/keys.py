@@ -6,6 +6,7 @@ Every key rcbatch writes is named here, so a newcomer can list what lives in Red
     rcb:batch:{bid}:order      LIST  item ids in input order (the manifest's order)
     rcb:batch:{bid}:pending    LIST  item ids waiting for a submission slot
     rcb:batch:{bid}:counts     HASH  public state -> number of items
+    rcb:batch:{bid}:manifest_pending  STR  held while a debounced manifest refresh is on its way
     rcb:item:{bid}:{iid}       HASH  one item (see worker/state.py for its fields)
     rcb:active                 ZSET  batches that are not finished, by creation time
     rcb:batches                ZSET  every batch, by creation time
@@ -19,7 +20,10 @@ Every key rcbatch writes is named here, so a newcomer can list what lives in Red
     rcb:durations:{model}      LIST  recent remote job durations, for poll pacing
     rcb:scout:{model}:{n}      STR   held while a poll asks the API about a model not yet timed
     rcb:scout:{model}:oldest   STR   submission time of the model's oldest job not yet timed
+    rcb:untimed-by-age:{model} ZSET  "{bid}/{iid}" -> submission time, waiting for the timing
     rcb:tokens                 STR   counter for dispatch tokens
+    rcb:schedule:{name}:since  STR   when a recurring run was first seen (worker/schedules.py)
+    rcb:schedule:{name}:{time} STR   taken by the one run of that firing
 """
 
 from __future__ import annotations
@@ -89,6 +93,12 @@ def counts(bid: str) -> str:
     return f"{PREFIX}:batch:{bid}:counts"
 
 
+def manifest_pending(bid: str) -> str:
+    """Held while a running batch's debounced manifest refresh is on its way
+    (worker/runtime.py sets it, the manifest task clears it)."""
+    return f"{PREFIX}:batch:{bid}:manifest_pending"
+
+
 def item(bid: str, iid: str) -> str:
     """One item's record."""
     return f"{PREFIX}:item:{bid}:{iid}"
@@ -125,3 +135,13 @@ def scout(model: str, n: int | str) -> str:
 def poll_round(tick: int) -> str:
     """Held while the round of a tick is on its way (worker/poll_timer.py)."""
     return f"{PREFIX}:round:{tick}"
+
+
+def schedule_since(name: str) -> str:
+    """When a recurring run was first seen: firings before it are not its to run."""
+    return f"{PREFIX}:schedule:{name}:since"
+
+
+def schedule_run(name: str, stamp: str) -> str:
+    """Taken (SET NX) by the one run of a recurring run's firing at `stamp`."""
+    return f"{PREFIX}:schedule:{name}:{stamp}"

@@ -38,7 +38,9 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 
 from rcbatch.worker import keys
+from rcbatch.worker.fetching import hand_over, store_outputs
 from rcbatch.worker.polling import poll
+from rcbatch.worker.refs import StepRef
 from rcbatch.worker.runtime import Runtime
 
 #: width of a tick: the most a poll waits past its planned time for its round
@@ -51,6 +53,9 @@ FETCH_INLINE_SECONDS = 1.0
 #: an arm outlives its tick's planned end by this much (a later duplicate round is harmless)
 _ARM_SLACK_MS = 5_000
 
+#: a planned poll as the set holds it: (bid, iid, seq)
+Due = tuple[str, str, int]
+
 # KEYS: polls, the tick's arm. ARGV: take entries scored up to this, at most this many,
 # leased until this time.
 _TAKE = """
@@ -59,8 +64,6 @@ local got = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, to
 for _, member in ipairs(got) do redis.call('ZADD', KEYS[1], 'XX', ARGV[3], member) end
 return got
 """
-
-Due = tuple[str, str, int]
 
 
 class PollTimer:
@@ -112,20 +115,23 @@ def run_round(rt: Runtime, timer: PollTimer, tick: int, again: Callable[[], None
         again()
     started, rt.fetch_later = rt.clock(), []
     try:
-        ran = [(bid, iid, seq) for bid, iid, seq in due if _isolated(
-            rt, bid, iid, "round_poll_failed", functools.partial(poll, rt, bid, iid, seq))]
+        ran = [planned for planned in due if _poll(rt, StepRef.at_seq(*planned))]
         fetches = rt.fetch_later
     finally:
         rt.fetch_later = None
     timer.done(ran)  # one that failed stays leased: taken again once the lease ends
     for n, fetch in enumerate(fetches):
         inline = n == 0 or rt.clock() - started < FETCH_INLINE_SECONDS
-        _isolated(rt, fetch.bid, fetch.iid, "round_fetch_failed",
-                  fetch.run if inline else fetch.hand_over)
+        _isolated(rt, fetch.ref, "round_fetch_failed",
+                  functools.partial(store_outputs if inline else hand_over, rt, fetch))
     return len(due)
 
 
-def _isolated(rt: Runtime, bid: str, iid: str, event: str, step: Callable[[], None]) -> bool:
+def _poll(rt: Runtime, ref: StepRef) -> bool:
+    return _isolated(rt, ref, "round_poll_failed", functools.partial(poll, rt, ref))
+
+
+def _isolated(rt: Runtime, ref: StepRef, event: str, step: Callable[[], None]) -> bool:
     """Run one item's step; False when it failed, which is logged (the item keeps its
     deadline), so that the round's other items still run. A soft time limit ends the round."""
     try:
@@ -133,7 +139,7 @@ def _isolated(rt: Runtime, bid: str, iid: str, event: str, step: Callable[[], No
     except SoftTimeLimitExceeded:
         raise
     except Exception as exc:
-        rt.item_log(bid, iid).warning(event, error=type(exc).__name__)
+        rt.log.bind(batch_id=ref.bid, item_id=ref.iid).warning(event, error=type(exc).__name__)
         return False
     return True
 

@@ -19,9 +19,12 @@ from rcbatch.errors import (
 )
 from rcbatch.runcomfy.answers import JobState, ResultAnswer
 from rcbatch.worker import keys
+from rcbatch.worker.fetching import store_outputs
 from rcbatch.worker.pacing import MAX_POLL_DELAY, SCOUTS, backoff
+from rcbatch.worker.refs import PendingFetch, StepRef
 from rcbatch.worker.runtime import Runtime
-from rcbatch.worker.state import REMOVE
+from rcbatch.worker.state import REMOVE, Step
+from rcbatch.worker.submission import dispatch
 
 _REMOTE = (keys.SUBMITTED, keys.RUNNING)
 #: seconds the submission time of a model's oldest untimed job is kept after the last wake-up
@@ -31,53 +34,52 @@ SCOUT_MEMORY = 600
 HOP_SLACK = 0.05
 
 
-def poll(rt: Runtime, bid: str, iid: str, seq: int) -> None:
-    """Poll one item's remote job if `seq` is still its current step."""
-    guard = ("seq", str(seq))
-    step = rt.store.begin_step(bid, iid, expect=_REMOTE, guard=guard)
+def poll(rt: Runtime, ref: StepRef | str, iid: str = "", seq: int = 0) -> None:
+    """Poll one item's remote job if the ref's step is still its current one
+    (`StepRef.at_seq`; the message's own `bid, iid, seq` are taken too)."""
+    ref = ref if isinstance(ref, StepRef) else StepRef.at_seq(ref, iid, seq)
+    step = rt.store.begin_step(ref, expect=_REMOTE)
     if not step.ok:
         return
+    ref = ref.knowing(step.item)
     if step.deliveries > rt.limits.max_deliveries:
-        rt.finish(bid, iid, expect=_REMOTE, to=keys.FAILED, guard=guard, error={
+        rt.finish(ref, expect=_REMOTE, to=keys.FAILED, error={
             "kind": "worker_lost",
             "message": f"polling crashed a worker {step.deliveries - 1} times"})
         return
     item, cancelled = step.item, step.batch.get("state") == keys.BATCH_CANCELLED
-    if _hop(rt, bid, iid, item, seq, cancelled):
+    if _hop(rt, ref, item, cancelled):
         return
-    if step.state == keys.SUBMITTED and cancelled and _cancelled_remotely(rt, bid, iid, item,
-                                                                          seq):
+    if step.state == keys.SUBMITTED and cancelled and _cancelled_remotely(rt, ref, item):
         return
-    if _waits_for_scout(rt, bid, iid, item, seq):
+    if _waits_for_scout(rt, ref, item):
         return
     try:
         answer = rt.run(rt.client.result(item["request_id"], include_cost=True))
     except RetryLater as exc:
-        _after_error(rt, bid, iid, item, seq, exc, exc.retry_after)
+        _after_error(rt, ref, item, exc, exc.retry_after)
     except AccountError as exc:
         # Already paid for: keep polling, slowly, until the token works again.
-        rt.store.set_batch(bid, state=keys.BATCH_PAUSED, pause_reason=exc.message)
-        _schedule(rt, bid, iid, seq, 30.0, {"last_error": exc.as_record()})
+        rt.store.set_batch(ref.bid, state=keys.BATCH_PAUSED, pause_reason=exc.message)
+        _schedule(rt, ref, 30.0, {"last_error": exc.as_record()})
     except UnexpectedAnswer as exc:
-        _after_error(rt, bid, iid, item, seq, exc, None)
+        _after_error(rt, ref, item, exc, None)
     except (ItemFailed, RcbatchError) as exc:
-        rt.finish(bid, iid, expect=_REMOTE, to=keys.FAILED, guard=guard, error=exc.as_record())
+        rt.finish(ref, expect=_REMOTE, to=keys.FAILED, error=exc.as_record())
     else:
-        _on_answer(rt, bid, iid, item, seq, answer, batch=step.batch,
-                   discard=cancelled and bool(step.batch.get("discard")))
+        _on_answer(rt, ref, step, answer)
 
 
-def _hop(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
-         cancelled: bool) -> bool:
+def _hop(rt: Runtime, ref: StepRef, item: dict[str, str], cancelled: bool) -> bool:
     """A poll planned further ahead than one countdown may reach wakes up early: sleep the
     rest (one more hop) without asking the API; True when it did."""
     remaining = float(item.get("poll_at") or 0) - rt.clock()
     if remaining <= HOP_SLACK or cancelled:
         return False
-    return _schedule(rt, bid, iid, seq, remaining, {})
+    return _schedule(rt, ref, remaining, {})
 
 
-def _waits_for_scout(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int) -> bool:
+def _waits_for_scout(rt: Runtime, ref: StepRef, item: dict[str, str]) -> bool:
     """Whether this wake-up sleeps again instead of asking the API (True when it does).
 
     Once the model is timed, a job is asked as soon as it may be done (`Pacer.resume_delay`:
@@ -90,21 +92,21 @@ def _waits_for_scout(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq:
     submitted = float(item.get("submitted_at") or now)
     if rt.pacer.timed(model):
         delay = rt.pacer.resume_delay(model, now - submitted)
-        return delay is not None and _schedule(rt, bid, iid, seq, delay, {"+wakeups": 1})
+        return delay is not None and _schedule(rt, ref, delay, {"+wakeups": 1})
     plan = rt.pacer.cold_wake(
         now - submitted, now, young=_young(rt, model, now, submitted),
         probe_at=float(item["scout_at"]) if item.get("scout_at") else None,
-        key=item.get("request_id") or iid,
+        key=item.get("request_id") or ref.iid,
         take_guard=lambda window, own: _take_scout(rt, model, now, window, own))
     if plan.poll:
         return False
     values: dict[str, object] = {"+wakeups": 1}
     if not item.get("waits_timing"):  # once: the first duration of the model wakes it
-        rt.store.wait_for_timing(model, bid, iid, submitted)
+        rt.store.wait_for_timing(model, ref.bid, ref.iid, submitted)
         values["waits_timing"] = 1
     if plan.probe_at is not None:
         values["scout_at"] = plan.probe_at
-    return _schedule(rt, bid, iid, seq, plan.delay, values)
+    return _schedule(rt, ref, plan.delay, values)
 
 
 def _young(rt: Runtime, model: str, now: float, submitted: float) -> bool:
@@ -138,36 +140,32 @@ def _take_scout(rt: Runtime, model: str, now: float, window: float, own: bool) -
     return False
 
 
-def _cancelled_remotely(rt: Runtime, bid: str, iid: str, item: dict[str, str],
-                        seq: int) -> bool:
+def _cancelled_remotely(rt: Runtime, ref: StepRef, item: dict[str, str]) -> bool:
     """In a cancelled batch, ask the API to cancel a still-queued job (a running one is paid
     for: it is left to finish and its outputs are stored)."""
     try:
         answer = rt.run(rt.client.cancel(item["request_id"]))
     except RcbatchError as exc:
-        rt.item_log(bid, iid, item).warning("cancel_failed", kind=exc.kind)
+        rt.item_log(ref).warning("cancel_failed", kind=exc.kind)
         return False
     if answer.outcome != "cancelled":
         return False
-    return rt.finish(bid, iid, expect=_REMOTE, to=keys.CANCELLED, guard=("seq", str(seq)),
+    return rt.finish(ref, expect=_REMOTE, to=keys.CANCELLED,
                      error={"kind": "cancelled", "message": "the batch was cancelled"})
 
 
-def _on_answer(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
-               answer: ResultAnswer, *, batch: dict[str, str], discard: bool) -> None:
-    guard = ("seq", str(seq))
+def _on_answer(rt: Runtime, ref: StepRef, step: Step, answer: ResultAnswer) -> None:
     # A failed job never gets here: the client raises JobFailed for it.
     if answer.state is JobState.SUCCEEDED:
-        _succeeded(rt, bid, iid, item, seq, answer, batch, discard)
+        _succeeded(rt, ref, step, answer)
     elif answer.state is JobState.CANCELLED:
-        rt.finish(bid, iid, expect=_REMOTE, to=keys.CANCELLED, guard=guard,
+        rt.finish(ref, expect=_REMOTE, to=keys.CANCELLED,
                   error={"kind": "cancelled", "message": "the job was cancelled at the API"})
     else:
-        _still_waiting(rt, bid, iid, item, seq, answer.state is JobState.RUNNING)
+        _still_waiting(rt, ref, step.item, answer.state is JobState.RUNNING)
 
 
-def _still_waiting(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
-                   running: bool) -> None:
+def _still_waiting(rt: Runtime, ref: StepRef, item: dict[str, str], running: bool) -> None:
     """The job is not done: plan its next look. A probe of a model not timed yet (no
     duration known) also sets the job's next own probe (Pacer.cold_wake); until then it
     only wakes up."""
@@ -181,20 +179,19 @@ def _still_waiting(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: i
     if not rt.pacer.timed(item["model"]):
         values["scout_at"] = rt.pacer.next_probe(now, elapsed)
     to = keys.RUNNING if running else keys.SUBMITTED
-    if _schedule(rt, bid, iid, seq, delay, values, to=to) and to != item.get("state"):
-        rt.item_log(bid, iid, item).info("item_" + to, state=to)
+    if _schedule(rt, ref, delay, values, to=to) and to != item.get("state"):
+        rt.item_log(ref).info("item_" + to, state=to)
 
 
-def _succeeded(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
-               answer: ResultAnswer, batch: dict[str, str], discard: bool) -> None:
-    now = rt.clock()
+def _succeeded(rt: Runtime, ref: StepRef, step: Step, answer: ResultAnswer) -> None:
+    now, item = rt.clock(), step.item
     if not answer.outputs:
-        rt.finish(bid, iid, expect=_REMOTE, to=keys.FAILED, guard=("seq", str(seq)),
+        rt.finish(ref, expect=_REMOTE, to=keys.FAILED,
                   error={"kind": "no_output", "message": "the job succeeded with no output"})
         return
     _record_duration(rt, item["model"], _job_time(answer, item, now))
-    if discard:
-        rt.finish(bid, iid, expect=_REMOTE, to=keys.CANCELLED, guard=("seq", str(seq)),
+    if _discards(step):
+        rt.finish(ref, expect=_REMOTE, to=keys.CANCELLED,
                   error={"kind": "cancelled", "message": "the batch was cancelled; outputs "
                                                          "discarded"})
         return
@@ -202,20 +199,16 @@ def _succeeded(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
     # deliveries 1: the fetch started below (here, or after the other polls of a round) is
     # the fetch step's first start, what its begin_step would have counted, so a fetch that
     # keeps crashing fails in time; one handed to a fetch task instead is reset to 0.
-    values: dict[str, object] = {"output_urls": json.dumps(urls), "seq": seq + 1,
+    fetch = ref.next_seq()
+    values: dict[str, object] = {"output_urls": json.dumps(urls), "seq": fetch.seq,
                                  "deliveries": 1, "step_errors": 0, "+polls": 1,
                                  "remote_finished_at": now}
     if answer.cost is not None:
         values["cost"] = answer.cost
-    ok, _ = rt.store.transition(bid, iid, expect=_REMOTE, to=keys.FETCHING,
-                                guard=("seq", str(seq)), due=now + rt.limits.step_grace,
-                                inflight=REMOVE, values=values)
+    ok, _ = rt.store.transition(ref, expect=_REMOTE, to=keys.FETCHING,
+                                due=now + rt.limits.step_grace, inflight=REMOVE, values=values)
     if ok:
-        rt.item_log(bid, iid, item).info("item_fetching", state=keys.FETCHING,
-                                         outputs=len(urls))
-        from rcbatch.worker.fetching import PendingFetch  # late: avoid import cycles
-        from rcbatch.worker.submission import dispatch
-
+        rt.item_log(ref).info("item_fetching", state=keys.FETCHING, outputs=len(urls))
         dispatch(rt, inline=1)  # the slot is free: fill it before the download
         # Stored right here rather than through a fetch nudge: one task and one hop less per
         # job (in a round, once its other polls ran). The item is `fetching` with its own
@@ -223,11 +216,16 @@ def _succeeded(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
         # exactly as it would a lost nudge. The record is the one this poll read plus what
         # the transition wrote: no second read.
         written = {k: str(v) for k, v in values.items() if not k.startswith("+")}
-        fetch = PendingFetch(rt, bid, iid, seq + 1, {**item, **written}, batch)
+        pending = PendingFetch(fetch, {**item, **written}, step.batch)
         if rt.fetch_later is None:
-            fetch.run()
+            store_outputs(rt, pending)
         else:
-            rt.fetch_later.append(fetch)
+            rt.fetch_later.append(pending)
+
+
+def _discards(step: Step) -> bool:
+    """Whether the item's batch was cancelled with its outputs discarded."""
+    return step.batch.get("state") == keys.BATCH_CANCELLED and bool(step.batch.get("discard"))
 
 
 def _record_duration(rt: Runtime, model: str, seconds: float) -> None:
@@ -258,26 +256,26 @@ def _job_time(answer: ResultAnswer, item: dict[str, str], now: float) -> float:
     return max(0.0, (finished - created).total_seconds())
 
 
-def _after_error(rt: Runtime, bid: str, iid: str, item: dict[str, str], seq: int,
-                 exc: RcbatchError, retry_after: float | None) -> None:
+def _after_error(rt: Runtime, ref: StepRef, item: dict[str, str], exc: RcbatchError,
+                 retry_after: float | None) -> None:
     errors = int(item.get("step_errors", 0)) + 1
     if errors > rt.limits.max_step_errors * 4:
-        rt.finish(bid, iid, expect=_REMOTE, to=keys.FAILED, guard=("seq", str(seq)),
-                  error=exc.as_record())
+        rt.finish(ref, expect=_REMOTE, to=keys.FAILED, error=exc.as_record())
         return
     delay = backoff(errors, retry_after=retry_after)
-    rt.item_log(bid, iid, item).warning("poll_retry", kind=exc.kind, delay=round(delay, 2))
-    _schedule(rt, bid, iid, seq, delay, {"step_errors": errors, "last_error": exc.as_record()})
+    rt.item_log(ref).warning("poll_retry", kind=exc.kind, delay=round(delay, 2))
+    _schedule(rt, ref, delay, {"step_errors": errors, "last_error": exc.as_record()})
 
 
-def _schedule(rt: Runtime, bid: str, iid: str, seq: int, delay: float,
-              values: dict[str, object], to: str = "") -> bool:
-    now = rt.clock()
+def _schedule(rt: Runtime, ref: StepRef, delay: float, values: dict[str, object],
+              to: str = "") -> bool:
+    """Plan the item's next poll in `delay` s (slept in hops of at most MAX_POLL_DELAY)."""
+    now, after = rt.clock(), ref.next_seq()
     hop = min(delay, MAX_POLL_DELAY)
     ok, _ = rt.store.transition(
-        bid, iid, expect=_REMOTE, to=to, guard=("seq", str(seq)),
+        ref, expect=_REMOTE, to=to,
         due=now + hop + rt.limits.step_grace, inflight=now + rt.limits.slot_lease,
-        values={**values, "seq": seq + 1, "deliveries": 0, "poll_at": now + delay})
+        values={**values, "seq": after.seq, "deliveries": 0, "poll_at": now + delay})
     if ok:
-        rt.publisher.poll(bid, iid, seq + 1, countdown=hop)
+        rt.publisher.poll(after.bid, after.iid, after.seq, countdown=hop)
     return ok

@@ -10,6 +10,7 @@ original copy exits as stale.
 from __future__ import annotations
 
 from rcbatch.worker import keys
+from rcbatch.worker.refs import StepRef
 from rcbatch.worker.runtime import Runtime
 from rcbatch.worker.submission import dispatch
 
@@ -18,7 +19,7 @@ def reconcile(rt: Runtime, limit: int = 500) -> int:
     """Re-drive overdue items, refill free slots, and finish ended batches; items re-driven."""
     redriven = 0
     for bid, iid in rt.store.overdue(rt.clock(), limit):
-        redriven += _redrive(rt, bid, iid)
+        redriven += _redrive(rt, StepRef(bid, iid))
     start_due_batches(rt)
     dispatch(rt)
     for bid in rt.store.active_batches():
@@ -27,44 +28,43 @@ def reconcile(rt: Runtime, limit: int = 500) -> int:
     return redriven
 
 
-def _redrive(rt: Runtime, bid: str, iid: str) -> int:
-    item = rt.store.item(bid, iid)
+def _redrive(rt: Runtime, ref: StepRef) -> int:
+    """Send an overdue item's step again (`ref`: the item, no guard yet); 1 when it did."""
+    item = rt.store.item(ref.bid, ref.iid)
     if item is None:
-        rt.store.redis.zrem(keys.DUE, keys.member(bid, iid))
+        rt.store.redis.zrem(keys.DUE, keys.member(ref.bid, ref.iid))
         return 0
-    state = item["state"]
-    log = rt.item_log(bid, iid, item).bind(state=state)
+    state, ref = item["state"], ref.knowing(item)
+    log = rt.item_log(ref).bind(state=state)
     if state == keys.CLAIMED:
-        rt.store.transition(bid, iid, expect=(keys.CLAIMED,), guard=("token", item["token"]),
-                            due=rt.clock() + rt.limits.claim_due)
-        rt.publisher.submit(bid, iid, item["token"])
+        claimed = ref.guarded("token", item["token"])
+        rt.store.transition(claimed, expect=(keys.CLAIMED,), due=rt.clock() + rt.limits.claim_due)
+        rt.publisher.submit(ref.bid, ref.iid, claimed.token)
     elif state == keys.SUBMITTING:
-        rt.finish(bid, iid, expect=(keys.SUBMITTING,), to=keys.SUBMIT_UNCERTAIN,
-                  guard=("attempt_id", item["attempt_id"]) if item.get("attempt_id") else None,
+        attempt = item.get("attempt_id")
+        rt.finish(ref.guarded("attempt_id", attempt) if attempt else ref,
+                  expect=(keys.SUBMITTING,), to=keys.SUBMIT_UNCERTAIN,
                   error={"kind": "submit_uncertain",
                          "message": "the submission's outcome was never recorded"})
     elif state in (keys.SUBMITTED, keys.RUNNING, keys.FETCHING):
-        if not _next_step(rt, bid, iid, item):
+        if not _next_step(rt, StepRef.at_seq(ref.bid, ref.iid, int(item.get("seq", 0))), state):
             return 0  # another sweep got there first
     else:
-        rt.store.redis.zrem(keys.DUE, keys.member(bid, iid))
+        rt.store.redis.zrem(keys.DUE, keys.member(ref.bid, ref.iid))
         return 0
     log.warning("item_redriven")
     return 1
 
 
-def _next_step(rt: Runtime, bid: str, iid: str, item: dict[str, str]) -> bool:
-    seq = int(item.get("seq", 0))
-    state = item["state"]
-    ok, _ = rt.store.transition(bid, iid, expect=(state,), guard=("seq", str(seq)),
-                                due=rt.clock() + rt.limits.step_grace,
-                                values={"seq": seq + 1, "+redrives": 1})
+def _next_step(rt: Runtime, ref: StepRef, state: str) -> bool:
+    """Move the item at step `ref` on to a new step of the same kind, and send it."""
+    after = ref.next_seq()
+    ok, _ = rt.store.transition(ref, expect=(state,), due=rt.clock() + rt.limits.step_grace,
+                                values={"seq": after.seq, "+redrives": 1})
     if not ok:
         return False
-    if state == keys.FETCHING:
-        rt.publisher.fetch(bid, iid, seq + 1)
-    else:
-        rt.publisher.poll(bid, iid, seq + 1)
+    send = rt.publisher.fetch if state == keys.FETCHING else rt.publisher.poll
+    send(after.bid, after.iid, after.seq)
     return True
 
 

@@ -1,9 +1,11 @@
 """What every step of the pipeline needs, gathered in one object built once per process.
 
 Steps (worker/submission.py, polling.py, fetching.py, reconciler.py) are plain functions of a
-`Runtime`; the Celery tasks (worker/tasks.py) only build the runtime and call them. Tests build
-a runtime from fakes: fakeredis, `runcomfy.fake.FakeRunComfy`, `MemoryBucket` and
-`RecordingPublisher`.
+`Runtime` and one `StepRef` (worker/refs.py); the Celery tasks (worker/tasks.py) only build the
+runtime and the ref and call them. This module sits below the steps and imports none of them:
+what follows an item's end reaches them through the `refill` hook, which the top sets
+(worker/wiring.py, and the tests' harnesses). Tests build a runtime from fakes: fakeredis,
+`runcomfy.fake.FakeRunComfy`, `MemoryBucket` and `RecordingPublisher`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -21,10 +23,8 @@ from rcbatch.runcomfy.client import RunComfyClient
 from rcbatch.worker import keys
 from rcbatch.worker.bucket import Bucket
 from rcbatch.worker.pacing import Pacer
+from rcbatch.worker.refs import PendingFetch, StepRef
 from rcbatch.worker.state import REMOVE, Store
-
-if TYPE_CHECKING:
-    from rcbatch.worker.fetching import PendingFetch
 
 T = TypeVar("T")
 #: manifest refreshes of a running batch: one per this many seconds per item (5 s to 30 s)
@@ -110,6 +110,9 @@ class Runtime:
     clock: Callable[[], float] = time.time
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     log: Any = field(default_factory=lambda: structlog.get_logger("rcbatch.worker"))
+    #: fills the slots freed when items end (`submission.refill`, set by worker/wiring.py);
+    #: None: freed slots wait for the next dispatch
+    refill: Callable[[Runtime], None] | None = None
     #: set while a refill submits an item in this process (worker/submission.py)
     submitting_inline: bool = False
     #: set while a round runs its polls: the fetches of jobs found finished wait here until
@@ -129,48 +132,42 @@ class Runtime:
         record = self.store.batch(bid) or {}
         return self.buckets(record.get("bucket_url", ""))
 
-    def item_log(self, bid: str, iid: str, item: dict[str, str] | None = None) -> Any:
-        """A logger bound to one item (and its request id when known)."""
-        bound = self.log.bind(batch_id=bid, item_id=iid)
-        if item and item.get("request_id"):
-            bound = bound.bind(request_id=item["request_id"])
-        return bound
+    def item_log(self, ref: StepRef) -> Any:
+        """A logger bound to one item (and its request id when the ref knows it)."""
+        bound = self.log.bind(batch_id=ref.bid, item_id=ref.iid)
+        return bound.bind(request_id=ref.request_id) if ref.request_id else bound
 
-    def finish(self, bid: str, iid: str, *, expect: tuple[str, ...], to: str,
-               guard: tuple[str, str] | None = None, error: dict[str, str] | None = None,
-               values: dict[str, Any] | None = None,
-               item: dict[str, str] | None = None) -> bool:
-        """Move an item to a terminal state, free its slot, and nudge what follows (`item`,
-        the record the caller already read, saves a read for the log's request id)."""
+    def finish(self, ref: StepRef, *, expect: tuple[str, ...], to: str,
+               error: dict[str, str] | None = None,
+               values: dict[str, Any] | None = None) -> bool:
+        """Move an item to a terminal state under the ref's guard, free its slot, and nudge
+        what follows."""
         fields: dict[str, Any] = {"finished_at": self.clock(), **(values or {})}
         if error is not None:
             fields["error"] = json.dumps(error)
-        ok, before = self.store.transition(bid, iid, expect=expect, to=to, guard=guard,
-                                           due=REMOVE, inflight=REMOVE, values=fields)
+        ok, before = self.store.transition(ref, expect=expect, to=to, due=REMOVE,
+                                           inflight=REMOVE, values=fields)
         if ok:
-            request_id = item.get("request_id") if item is not None else \
-                _text_or_none(self.store.redis.hget(keys.item(bid, iid), "request_id"))
-            log = self.item_log(bid, iid).bind(request_id=request_id) \
-                if request_id else self.item_log(bid, iid)
-            log.info("item_" + to, state=to, error=error)
+            if ref.request_id is None:  # the log line names the job, if there is one
+                ref = replace(ref, request_id=_text_or_none(
+                    self.store.redis.hget(keys.item(ref.bid, ref.iid), "request_id")))
+            self.item_log(ref).info("item_" + to, state=to, error=error)
             # a fetching item's slot was freed (and refilled) when its job ended
-            self.after_terminal(bid, refill=before != keys.FETCHING)
+            self.after_terminal(ref.bid, refill=before != keys.FETCHING)
         return ok
 
     def after_terminal(self, bid: str, *, refill: bool = True) -> None:
         """An item ended: schedule a manifest refresh (debounced) and fill freed slots."""
-        from rcbatch.worker.submission import dispatch  # late: submission imports this module
-
         finished, total = self.store.progress(bid)
         if finished:
             self.publisher.manifest(bid, countdown=0)
         else:
             every = manifest_every(total)
-            flag = f"{keys.batch(bid)}:manifest_pending"
+            flag = keys.manifest_pending(bid)
             if self.store.redis.set(flag, "1", nx=True, ex=int(every) + 30):
                 self.publisher.manifest(bid, countdown=every)
-        if refill:
-            dispatch(self, inline=1)
+        if refill and self.refill is not None:
+            self.refill(self)
 
 
 def manifest_every(total: int) -> float:

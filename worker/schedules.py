@@ -69,14 +69,14 @@ def fire_due(redis: Any, schedules: Sequence[Schedule], now: float,
     """Start every firing that is due and not yet started; returns the new batch ids."""
     started = []
     for schedule in schedules:
-        since_key = f"{keys.PREFIX}:schedule:{schedule.name}:since"
+        since_key = keys.schedule_since(schedule.name)
         redis.set(since_key, str(now), nx=True)
         since = float(redis.get(since_key))
         fired_at = latest_firing(schedule, now)
         if fired_at < since:
             continue  # fired before this schedule was known: not ours to run
         stamp = datetime.fromtimestamp(fired_at, tz=UTC).strftime("%Y%m%dT%H%M%SZ")
-        run_key = f"{keys.PREFIX}:schedule:{schedule.name}:{stamp}"
+        run_key = keys.schedule_run(schedule.name, stamp)
         if not redis.set(run_key, str(now), nx=True, ex=40 * 86400):
             continue
         if now - fired_at > LATE_AFTER:

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import redis
 
 from rcbatch.worker import keys, scripts
+from rcbatch.worker.refs import StepRef
 
 KEEP = ""
 REMOVE = "-"
@@ -195,16 +196,18 @@ class Store:
                     if raw:
                         yield _decode(raw)
 
-    def transition(self, bid: str, iid: str, *, expect: Iterable[str], to: str = KEEP,
-                   guard: tuple[str, str] | None = None, due: float | str | None = None,
-                   inflight: float | str | None = None,
+    def transition(self, who: StepRef | str, iid: str = "", *, expect: Iterable[str],
+                   to: str = KEEP, guard: tuple[str, str] | None = None,
+                   due: float | str | None = None, inflight: float | str | None = None,
                    values: Mapping[str, Any] | None = None) -> tuple[bool, str]:
         """Atomically move an item if it is in one of `expect` (and `guard` holds).
 
-        `due` and `inflight` take a score, `REMOVE`, or None (leave as is). `values` are
-        written to the record (a key starting with "+" is incremented, a value of
+        The item is a step's ref (its guard comes with it), or `bid, iid` with an optional
+        `guard`. `due` and `inflight` take a score, `REMOVE`, or None (leave as is). `values`
+        are written to the record (a key starting with "+" is incremented, a value of
         `DELETE_FIELD` removes the field). Returns (changed, state before).
         """
+        bid, iid, guard = _target(who, iid, guard)
         args: list[Any] = [
             keys.member(bid, iid), " ".join(expect), guard[0] if guard else "",
             guard[1] if guard else "", to, _score(due), _score(inflight)]
@@ -214,10 +217,12 @@ class Store:
             keys=[keys.item(bid, iid), keys.counts(bid), keys.DUE, keys.INFLIGHT], args=args)
         return bool(ok), _text(before)
 
-    def begin_step(self, bid: str, iid: str, *, expect: Iterable[str],
+    def begin_step(self, who: StepRef | str, iid: str = "", *, expect: Iterable[str],
                    guard: tuple[str, str] | None = None) -> Step:
-        """Count a task starting its step; when allowed, the item's record and its batch's
-        state come back in the same round trip (a step reads them anyway)."""
+        """Count a task starting its step (the item named as in `transition`); when allowed,
+        the item's record and its batch's state come back in the same round trip (a step
+        reads them anyway)."""
+        bid, iid, guard = _target(who, iid, guard)
         out = self._begin(keys=[keys.item(bid, iid), keys.batch(bid)], args=[
             " ".join(expect), guard[0] if guard else "", guard[1] if guard else ""])
         if not out[0]:
@@ -324,6 +329,16 @@ class Store:
     def recent_durations(self, model: str) -> list[float]:
         """Recent remote job durations of `model`, newest first."""
         return [float(_text(v)) for v in self.redis.lrange(keys.durations(model), 0, -1)]
+
+
+def _target(who: StepRef | str, iid: str,
+            guard: tuple[str, str] | None) -> tuple[str, str, tuple[str, str] | None]:
+    """(bid, iid, guard) of a ref, or of the older `bid, iid, guard=` form."""
+    if not isinstance(who, StepRef):
+        return who, iid, guard
+    if iid or guard is not None:
+        raise TypeError("a step's ref names its item and carries its own guard")
+    return who.bid, who.iid, who.guard
 
 
 def _score(value: float | str | None) -> str:

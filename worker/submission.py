@@ -20,6 +20,7 @@ from rcbatch.errors import (
 )
 from rcbatch.worker import keys
 from rcbatch.worker.pacing import MAX_POLL_DELAY, backoff
+from rcbatch.worker.refs import StepRef
 from rcbatch.worker.runtime import Runtime
 from rcbatch.worker.state import REMOVE
 
@@ -31,7 +32,7 @@ def dispatch(rt: Runtime, limit: int = 200, inline: int = 0) -> int:
     ends: one task less per job). Never while this process is already submitting inline,
     so a run of refused items cannot recurse through `finish -> dispatch -> submit`.
     """
-    sent, here = 0, list[tuple[str, str, str]]()
+    sent, here = 0, list[StepRef]()
     inline = 0 if rt.submitting_inline else inline
     for bid in rt.store.active_batches():
         room = limit - sent
@@ -41,173 +42,175 @@ def dispatch(rt: Runtime, limit: int = 200, inline: int = 0) -> int:
                                  claim_due=rt.limits.claim_due, limit=room)
         for iid, token in claimed:
             if len(here) < inline:
-                here.append((bid, iid, token))
+                here.append(StepRef.claimed(bid, iid, token))
             else:
                 rt.publisher.submit(bid, iid, token)
         sent += len(claimed)
-    for bid, iid, token in here:
-        _submit_inline(rt, bid, iid, token)
+    for ref in here:
+        _submit_inline(rt, ref)
     return sent
 
 
-def _submit_inline(rt: Runtime, bid: str, iid: str, token: str) -> None:
+def refill(rt: Runtime) -> None:
+    """Fill the slot an ended item freed, submitting one item in this process (the runtime's
+    `refill` hook, which worker/wiring.py sets)."""
+    dispatch(rt, inline=1)
+
+
+def _submit_inline(rt: Runtime, ref: StepRef) -> None:
     """Submit a claimed item in this process; if that breaks, leave it to a nudge (the token
     guard makes a second submit of the same claim a no-op once it has been sent)."""
     rt.submitting_inline = True
     try:
-        submit(rt, bid, iid, token)
+        submit(rt, ref)
     except Exception as exc:  # a bug or Redis gone: the caller's own step must go on
-        rt.item_log(bid, iid).warning("inline_submit_failed", error=type(exc).__name__)
-        rt.publisher.submit(bid, iid, token)
+        rt.item_log(ref).warning("inline_submit_failed", error=type(exc).__name__)
+        rt.publisher.submit(ref.bid, ref.iid, ref.token)
     finally:
         rt.submitting_inline = False
 
 
-def submit(rt: Runtime, bid: str, iid: str, token: str) -> None:
-    """Submit one claimed item, guarded by its dispatch token."""
-    step = rt.store.begin_step(bid, iid, expect=(keys.CLAIMED, keys.SUBMITTING),
-                               guard=("token", token))
+def submit(rt: Runtime, ref: StepRef | str, iid: str = "", token: str = "") -> None:
+    """Submit one claimed item, guarded by its dispatch token (`StepRef.claimed`; the
+    message's own `bid, iid, token` are taken too)."""
+    ref = ref if isinstance(ref, StepRef) else StepRef.claimed(ref, iid, token)
+    step = rt.store.begin_step(ref, expect=(keys.CLAIMED, keys.SUBMITTING))
     if not step.ok:
-        rt.item_log(bid, iid).debug("stale_submit", state=step.state)
+        rt.item_log(ref).debug("stale_submit", state=step.state)
         return
     if step.state == keys.CLAIMED and step.deliveries > rt.limits.max_deliveries:
         # Started this often without ever reaching the API: something kills the worker
         # before the send. Nothing was spent; fail it (retry re-runs it) rather than loop.
-        rt.store.refund_cost(bid, iid, float(step.item.get("estimate") or 0.0))
-        rt.finish(bid, iid, expect=(keys.CLAIMED,), to=keys.FAILED, guard=("token", token),
-                  item=step.item, error={"kind": "worker_lost", "message": (
-                      f"submitting crashed a worker {step.deliveries - 1} times; never sent")})
+        rt.store.refund_cost(ref.bid, ref.iid, float(step.item.get("estimate") or 0.0))
+        rt.finish(ref.knowing(step.item), expect=(keys.CLAIMED,), to=keys.FAILED, error={
+            "kind": "worker_lost",
+            "message": f"submitting crashed a worker {step.deliveries - 1} times; never sent"})
         return
     if step.state == keys.SUBMITTING:
         # Another copy of this nudge is sending it right now, or one crashed while sending:
         # either way it may have reached the API. Never send again; the reconciler makes it
         # submit_uncertain once its deadline passes without an answer being recorded.
         return
-    if _held_back(rt, bid, iid, token, step.batch.get("state", "")):
+    if _held_back(rt, ref, step.batch.get("state", "")):
         return
     wait = rt.store.acquire_submit(rt.limits.submit_rate)
     if wait > 0:
-        _defer(rt, bid, iid, token, wait)
+        _defer(rt, ref, wait)
         return
-    if not _within_budget(rt, bid, iid, token, step.item):
+    if not _within_budget(rt, ref, step.item):
         return
-    _send(rt, bid, iid, token, step.item)
+    _send(rt, ref, step.item)
 
 
-def _within_budget(rt: Runtime, bid: str, iid: str, token: str, item: dict[str, str]) -> bool:
+def _within_budget(rt: Runtime, ref: StepRef, item: dict[str, str]) -> bool:
     """Reserve the item's estimated cost; past the batch's cap, hold the batch."""
     estimate = float(item.get("estimate") or 0.0)
-    if rt.store.reserve_cost(bid, iid, estimate):
+    if rt.store.reserve_cost(ref.bid, ref.iid, estimate):
         return True
-    record = rt.store.batch(bid) or {}
+    record = rt.store.batch(ref.bid) or {}
     reason = (f"budget reached: ${float(record.get('reserved_cost') or 0):.2f} of "
               f"${float(record.get('max_cost') or 0):.2f} reserved; the rest stays pending")
-    rt.store.set_batch(bid, state=keys.BATCH_PAUSED, pause_reason=reason)
-    ok, _ = rt.store.transition(bid, iid, expect=(keys.CLAIMED,), to=keys.PENDING,
-                                guard=("token", token), due=REMOVE, inflight=REMOVE)
-    if ok:
-        rt.store.requeue(bid, iid)
+    rt.store.set_batch(ref.bid, state=keys.BATCH_PAUSED, pause_reason=reason)
+    _back_to_pending(rt, ref, keys.CLAIMED)
     return False
 
 
-def _estimate(rt: Runtime, bid: str, iid: str) -> float:
-    return float((rt.store.item(bid, iid) or {}).get("estimate") or 0.0)
+def _back_to_pending(rt: Runtime, ref: StepRef, state: str) -> None:
+    """Give the item's slot back and queue it again (nothing was sent)."""
+    ok, _ = rt.store.transition(ref, expect=(state,), to=keys.PENDING, due=REMOVE,
+                                inflight=REMOVE)
+    if ok:
+        rt.store.requeue(ref.bid, ref.iid)
 
 
-def _held_back(rt: Runtime, bid: str, iid: str, token: str, batch_state: str) -> bool:
+def _refund(rt: Runtime, ref: StepRef) -> None:
+    """Give back the item's reserved cost: its submission created no job."""
+    estimate = float((rt.store.item(ref.bid, ref.iid) or {}).get("estimate") or 0.0)
+    rt.store.refund_cost(ref.bid, ref.iid, estimate)
+
+
+def _held_back(rt: Runtime, ref: StepRef, batch_state: str) -> bool:
     """A cancelled or paused batch takes its claimed items back."""
-    guard = ("token", token)
     if batch_state == keys.BATCH_CANCELLED:
-        rt.finish(bid, iid, expect=(keys.CLAIMED,), to=keys.CANCELLED, guard=guard)
+        rt.finish(ref, expect=(keys.CLAIMED,), to=keys.CANCELLED)
         return True
     if batch_state in (keys.BATCH_PAUSED, keys.BATCH_SCHEDULED):
-        ok, _ = rt.store.transition(bid, iid, expect=(keys.CLAIMED,), to=keys.PENDING,
-                                    guard=guard, due=REMOVE, inflight=REMOVE)
-        if ok:
-            rt.store.requeue(bid, iid)
+        _back_to_pending(rt, ref, keys.CLAIMED)
         return True
     return False
 
 
-def _defer(rt: Runtime, bid: str, iid: str, token: str, wait: float) -> None:
+def _defer(rt: Runtime, ref: StepRef, wait: float) -> None:
     due = rt.clock() + wait + rt.limits.claim_due
-    rt.store.transition(bid, iid, expect=(keys.CLAIMED,), guard=("token", token), due=due,
-                        values={"deliveries": 0})
-    rt.publisher.submit(bid, iid, token, countdown=wait)
+    rt.store.transition(ref, expect=(keys.CLAIMED,), due=due, values={"deliveries": 0})
+    rt.publisher.submit(ref.bid, ref.iid, ref.token, countdown=wait)
 
 
-def _send(rt: Runtime, bid: str, iid: str, token: str, item: dict[str, str]) -> None:
+def _send(rt: Runtime, ref: StepRef, item: dict[str, str]) -> None:
     attempt = uuid.uuid4().hex
     now = rt.clock()
     ok, _ = rt.store.transition(
-        bid, iid, expect=(keys.CLAIMED,), guard=("token", token), to=keys.SUBMITTING,
-        due=now + rt.limits.submit_due,
+        ref, expect=(keys.CLAIMED,), to=keys.SUBMITTING, due=now + rt.limits.submit_due,
         values={"attempt_id": attempt, "+attempts": 1, "submitting_at": now})
     if not ok:
         return
-    log = rt.item_log(bid, iid)
+    log = rt.item_log(ref)
+    ref = ref.guarded("attempt_id", attempt)  # what the item is guarded by from now on
     try:
         answer = rt.run(rt.client.submit(item["model"], json.loads(item["input"])))
     except SubmitUncertain as exc:
-        _uncertain(rt, bid, iid, exc.message, attempt)
+        _uncertain(rt, ref, exc.message)
     except RetryLater as exc:
-        _retry_submit(rt, bid, iid, attempt, exc)
+        _retry_submit(rt, ref, exc)
     except AccountError as exc:
-        rt.store.refund_cost(bid, iid, _estimate(rt, bid, iid))
-        pause_batch(rt, bid, exc)
-        ok, _ = rt.store.transition(bid, iid, expect=(keys.SUBMITTING,), to=keys.PENDING,
-                                    guard=("attempt_id", attempt), due=REMOVE, inflight=REMOVE)
-        if ok:
-            rt.store.requeue(bid, iid)
+        _refund(rt, ref)
+        pause_batch(rt, ref.bid, exc)
+        _back_to_pending(rt, ref, keys.SUBMITTING)
     except RcbatchError as exc:
-        rt.store.refund_cost(bid, iid, _estimate(rt, bid, iid))  # refused: no job, no cost
-        rt.finish(bid, iid, expect=(keys.SUBMITTING,), to=keys.FAILED,
-                  guard=("attempt_id", attempt), error=exc.as_record())
+        _refund(rt, ref)  # refused: no job, no cost
+        rt.finish(ref, expect=(keys.SUBMITTING,), to=keys.FAILED, error=exc.as_record())
     else:
-        _accepted(rt, bid, iid, attempt, answer.request_id, item["model"])
+        _accepted(rt, ref, answer.request_id, item["model"])
         log.info("item_submitted", request_id=answer.request_id, state=keys.SUBMITTED)
 
 
-def _accepted(rt: Runtime, bid: str, iid: str, attempt: str, request_id: str,
-              model: str) -> None:
+def _accepted(rt: Runtime, ref: StepRef, request_id: str, model: str) -> None:
     now = rt.clock()
     assert rt.pacer is not None
     delay = rt.pacer.first_delay(model)
     hop = min(delay, MAX_POLL_DELAY)  # a longer delay is slept in hops (worker/polling.py)
     ok, _ = rt.store.transition(
-        bid, iid, expect=(keys.SUBMITTING,), guard=("attempt_id", attempt), to=keys.SUBMITTED,
+        ref, expect=(keys.SUBMITTING,), to=keys.SUBMITTED,
         due=now + hop + rt.limits.step_grace, inflight=now + rt.limits.slot_lease,
         values={"request_id": request_id, "submitted_at": now, "seq": 1, "deliveries": 0,
                 "polls": 0, "step_errors": 0, "poll_at": now + delay})
     if ok:
-        rt.publisher.poll(bid, iid, 1, countdown=hop)
+        rt.publisher.poll(ref.bid, ref.iid, 1, countdown=hop)
 
 
-def _retry_submit(rt: Runtime, bid: str, iid: str, attempt: str, exc: RetryLater) -> None:
-    item = rt.store.item(bid, iid) or {}
+def _retry_submit(rt: Runtime, ref: StepRef, exc: RetryLater) -> None:
+    item = rt.store.item(ref.bid, ref.iid) or {}
     errors = int(item.get("step_errors", 0)) + 1
     if isinstance(exc, RateLimited):
         rt.store.cool_down(exc.retry_after or 5.0)
     if errors > rt.limits.max_step_errors:
-        rt.store.refund_cost(bid, iid, _estimate(rt, bid, iid))
-        rt.finish(bid, iid, expect=(keys.SUBMITTING,), to=keys.FAILED,
-                  guard=("attempt_id", attempt), error=exc.as_record())
+        _refund(rt, ref)
+        rt.finish(ref, expect=(keys.SUBMITTING,), to=keys.FAILED, error=exc.as_record())
         return
     delay = backoff(errors, retry_after=exc.retry_after)
     token = item.get("token", "")
     ok, _ = rt.store.transition(
-        bid, iid, expect=(keys.SUBMITTING,), guard=("attempt_id", attempt), to=keys.CLAIMED,
+        ref, expect=(keys.SUBMITTING,), to=keys.CLAIMED,
         due=rt.clock() + delay + rt.limits.claim_due,
         values={"step_errors": errors, "last_error": exc.as_record(),
                 "deliveries": 0})
     if ok:
-        rt.item_log(bid, iid).warning("submit_retry", kind=exc.kind, delay=round(delay, 2))
-        rt.publisher.submit(bid, iid, token, countdown=delay)
+        rt.item_log(ref).warning("submit_retry", kind=exc.kind, delay=round(delay, 2))
+        rt.publisher.submit(ref.bid, ref.iid, token, countdown=delay)
 
 
-def _uncertain(rt: Runtime, bid: str, iid: str, message: str, attempt: str | None = None) -> None:
-    rt.finish(bid, iid, expect=(keys.SUBMITTING,), to=keys.SUBMIT_UNCERTAIN,
-              guard=("attempt_id", attempt) if attempt else None,
+def _uncertain(rt: Runtime, ref: StepRef, message: str) -> None:
+    rt.finish(ref, expect=(keys.SUBMITTING,), to=keys.SUBMIT_UNCERTAIN,
               error={"kind": "submit_uncertain", "message": message})
 
 

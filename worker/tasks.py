@@ -1,4 +1,5 @@
-"""Celery tasks: thin glue that builds the process's runtime and calls a plain step.
+"""Celery tasks: thin glue that builds the process's runtime and the message's `StepRef`, and
+calls a plain step.
 
 No task retries itself with `self.retry()`: a failed publish there drops the task for good
 (measured). Steps reschedule by publishing a new nudge, and the reconciler covers any nudge
@@ -14,10 +15,11 @@ import structlog
 from celery.signals import worker_process_init
 
 from rcbatch.lifetime import exit_with_parent
-from rcbatch.worker import fetching, polling, reconciler, submission
+from rcbatch.worker import fetching, keys, polling, reconciler, submission
 from rcbatch.worker.celery_app import TASK_TIME_LIMIT, app
 from rcbatch.worker.manifest import write_manifest
 from rcbatch.worker.poll_timer import PollTimer, run_round
+from rcbatch.worker.refs import StepRef
 from rcbatch.worker.runtime import Runtime
 from rcbatch.worker.wiring import build_runtime, redis_client
 
@@ -105,13 +107,13 @@ def _celery(rt: Runtime) -> tuple[CeleryPublisher, PollTimer]:
 @app.task(name="rcbatch.submit")
 def submit_task(bid: str, iid: str, token: str) -> None:
     """Submit one claimed item."""
-    submission.submit(runtime(), bid, iid, token)
+    submission.submit(runtime(), StepRef.claimed(bid, iid, token))
 
 
 @app.task(name="rcbatch.poll")
 def poll_task(bid: str, iid: str, seq: int) -> None:
     """Poll one item's remote job."""
-    polling.poll(runtime(), bid, iid, seq)
+    polling.poll(runtime(), StepRef.at_seq(bid, iid, seq))
 
 
 @app.task(name="rcbatch.poll_round")
@@ -125,7 +127,7 @@ def poll_round_task(tick: int) -> None:
 @app.task(name="rcbatch.fetch")
 def fetch_task(bid: str, iid: str, seq: int) -> None:
     """Store one item's outputs."""
-    fetching.fetch(runtime(), bid, iid, seq)
+    fetching.fetch(runtime(), StepRef.at_seq(bid, iid, seq))
 
 
 @app.task(name="rcbatch.dispatch")
@@ -150,9 +152,7 @@ def manifest_task(bid: str) -> None:
 
 def refresh_manifest(rt: Runtime, bid: str) -> str:
     """Rewrite the manifest now; returns its URL."""
-    from rcbatch.worker import keys
-
-    rt.store.redis.delete(f"{keys.batch(bid)}:manifest_pending")
+    rt.store.redis.delete(keys.manifest_pending(bid))
     finished = rt.store.is_finished(bid)
     stored = rt.run(write_manifest(rt.store, rt.bucket_for(bid), bid))
     if finished:

@@ -1,4 +1,8 @@
-"""Building the real parts (Redis, the API client, buckets) from settings, at the edge."""
+"""Building the real parts (Redis, the API client, buckets) from settings, at the edge.
+
+This module sits above every step, so it is where the runtime's hooks are wired: the runtime
+(below the steps) calls `refill` when an item ends, and that is `submission.refill`.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import redis
 
 from rcbatch.errors import ServiceUnavailable
 from rcbatch.runcomfy.client import RunComfyClient
+from rcbatch.worker import submission
 from rcbatch.worker.bucket import Bucket, open_bucket
 from rcbatch.worker.runtime import Limits, Publisher, Runtime
 from rcbatch.worker.state import Store
@@ -64,5 +69,6 @@ def build_runtime(settings: Any, publisher: Publisher,
                            s3_endpoint_url=settings.s3_endpoint_url)
 
     state = state if state is not None else redis_client(settings.redis_url)
-    return Runtime(store=Store(state), client=api_client(settings),
-                   buckets=buckets, publisher=publisher, limits=limits_from(settings))
+    return Runtime(store=Store(state), client=api_client(settings), buckets=buckets,
+                   publisher=publisher, limits=limits_from(settings),
+                   refill=submission.refill)
