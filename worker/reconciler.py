@@ -89,3 +89,15 @@ def redrive_batch(rt: Runtime, bid: str) -> int:
     if members:
         rt.store.redis.zadd(keys.DUE, dict.fromkeys(members, now), xx=True)
     return reconcile(rt) if members else 0
+
+
+def poll_remote_now(rt: Runtime, bid: str) -> int:
+    """Poll every job of the batch still at the API now (a cancel: each queued job gets the
+    API's cancel within seconds, not at its next planned poll); returns how many."""
+    sent = 0
+    for record in rt.store.iter_items(bid):
+        state = record.get("state")
+        if state in (keys.SUBMITTED, keys.RUNNING):
+            ref = StepRef.at_seq(bid, record["id"], int(record.get("seq", 0)))
+            sent += _next_step(rt, ref, state)
+    return sent
