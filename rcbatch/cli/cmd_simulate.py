@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -91,6 +92,12 @@ def config_from_options(**options: Any) -> SimulatorConfig:
 @click.option("--strict", is_flag=True,
               help="Also reject bodies that the validator only warns about.")
 @click.option("--access-log", is_flag=True, help="Log every request (never the token).")
+@click.option("--state", "state_path", type=click.Path(path_type=Path), metavar="PATH",
+              help="Keep the jobs across restarts in this folder (created if missing; the "
+                   "database is PATH/simulator.sqlite3), or in PATH itself when it is a file "
+                   "or ends in .sqlite3, .sqlite or .db. A restart on the same PATH serves the "
+                   "earlier request ids, results and output files; the jobs' schedule goes on "
+                   "as if the simulator had never stopped.")
 def simulate(**options: Any) -> None:
     """Run a local simulator of the RunComfy Model API until Ctrl-C or SIGTERM.
 

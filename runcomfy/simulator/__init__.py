@@ -4,7 +4,8 @@ It serves the submit, status, result and cancel endpoints of `runcomfy-api/WIRE.
 supported models, checks the Bearer token, validates bodies with the documented rules
 (`runcomfy.catalogue`), keeps a per-token concurrency cap with an exact FIFO schedule, serves
 real output files from its own URLs and injects faults from a seeded RNG. Its own endpoints
-live under `/_sim/` (stats, jobs, config, reset, outputs, sample inputs).
+live under `/_sim/` (stats, jobs, config, reset, outputs, sample inputs). With
+`SimulatorConfig(state_path=...)` its jobs survive a restart (`persistence`).
 
     with SimulatorServer(SimulatorConfig(concurrency=2, duration=(0.05, 0.2))) as sim:
         ... point a client at sim.base_url ...

@@ -1,13 +1,16 @@
 """The simulator's own endpoints (never behind the token, never faulted).
 
 - `GET /_sim/stats`: counters, see `Stats.snapshot`. `completed` counts succeeded jobs only;
-  `ideal_makespan` is seconds from the first accepted submit to the last job finish.
+  `ideal_makespan` is seconds from the first accepted submit to the last job finish. With a
+  state path, the jobs loaded at start count as `restored_jobs` and in every job-derived
+  figure (`submits`, `duplicate_submits`, `lost_submits`, the per-state counts, `jobs`); the
+  request counters (polls, downloads, rejected submits, request faults) start at zero.
 - `GET /_sim/jobs`: every job with its drawn duration and faults, the sha256 of its
   (model, body) and what became of its submit's answer; and `without_job`, the submits an
   injected fault kept from creating a job (refused, or dropped) (for tests and debugging).
-- `POST /_sim/reset`: forget all jobs and counters and go back to the options the simulator
-  started with, changed by an optional JSON object of overrides (e.g.
-  `{"fail_5xx": 0.2, "concurrency": 8}`); overrides never accumulate across resets.
+- `POST /_sim/reset`: forget all jobs (also those in the state) and counters and go back to
+  the options the simulator started with, changed by an optional JSON object of overrides
+  (e.g. `{"fail_5xx": 0.2, "concurrency": 8}`); overrides never accumulate across resets.
 - `GET /_sim/config`: the options in force (the token only as "<set>").
 """
 

@@ -150,11 +150,11 @@ async def submit(call: Call) -> Response:
         call.sim.note_without_job(model.model_id, body, "refuse", call.now)
         return error(400, 400101, "ContentPolicyViolation",
                      "the request was refused by the content filter (simulated)")
-    job = call.sim.create_job(call.owner, model, body, call.now)
-    job.answer = "slow" if call.faults.slow else "sent"
-    job.client_port = call.request.client.port if call.request.client else None
+    answer = "lost" if call.faults.lost_submit else "slow" if call.faults.slow else "sent"
+    port = call.request.client.port if call.request.client else None
+    job = call.sim.create_job(call.owner, model, body, call.now, answer=answer,
+                              client_port=port)
     if call.faults.lost_submit:
-        job.answer = "lost"
         call.sim.stats.lost_submits += 1
         call.sim.stats.faults["lost_submit"] += 1
         raise DropConnection
@@ -218,7 +218,7 @@ async def cancel(call: Call) -> Response:
     job = _job(call)
     if isinstance(job, Response):
         return job
-    done = call.sim.engine.cancel(job, call.now)
+    done = call.sim.cancel(job, call.now)
     return JSONResponse({"request_id": job.request_id, "status": STATUS_NAMES[job.state],
                          "outcome": "cancelled" if done else "not_cancellable"},
                         status_code=202)

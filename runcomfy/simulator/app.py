@@ -54,6 +54,7 @@ def create_app(config: SimulatorConfig,
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
+            sim.close()
 
     app = SimulatorApp(routes=[*api.ROUTES, *files.ROUTES, *admin.ROUTES], lifespan=lifespan)
     app.state.sim = sim

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -16,7 +17,7 @@ FAULT_RATES = (
 )
 
 #: fields a running simulator may not change through `POST /_sim/reset`
-FIXED_AT_START = frozenset({"host", "port", "public_url", "access_log"})
+FIXED_AT_START = frozenset({"host", "port", "public_url", "access_log", "state_path"})
 
 
 def parse_duration(text: str) -> DurationRange:
@@ -99,6 +100,9 @@ class SimulatorConfig:
     #: base of the URLs the simulator hands out; default: the URL the client called
     public_url: str | None = None
     access_log: bool = False
+    #: keep the jobs across restarts in this folder (`simulator.sqlite3` in it) or database
+    #: file (a path ending in .sqlite3, .sqlite or .db); None keeps them in memory only
+    state_path: str | os.PathLike[str] | None = None
 
     def __post_init__(self) -> None:
         for name in (*FAULT_RATES, "output_404_permanent"):
@@ -145,4 +149,5 @@ class SimulatorConfig:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["token"] = "<set>" if self.token else None
         data["model_durations"] = dict(self.model_durations)
+        data["state_path"] = None if self.state_path is None else os.fspath(self.state_path)
         return data

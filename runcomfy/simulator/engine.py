@@ -90,10 +90,12 @@ class Lane:
 class Engine:
     """All jobs of all tokens, advanced on an injected clock."""
 
-    def __init__(self, capacity: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, capacity: int, clock: Callable[[], float] = time.monotonic,
+                 wall_origin: float | None = None) -> None:
         self.capacity = capacity
         self._clock = clock
-        self._mono0, self._wall0 = clock(), time.time()
+        #: the wall-clock time (epoch seconds) of the engine time 0
+        self.wall_origin = time.time() - clock() if wall_origin is None else wall_origin
         self._lanes: dict[str, Lane] = {}
         self._jobs: dict[str, Job] = {}
         self.counts: Counter[str] = Counter()
@@ -107,7 +109,7 @@ class Engine:
 
     def wall(self, moment: float) -> datetime:
         """The UTC wall-clock time of an engine time."""
-        return datetime.fromtimestamp(self._wall0 + (moment - self._mono0), UTC)
+        return datetime.fromtimestamp(self.wall_origin + moment, UTC)
 
     def advance(self, now: float | None = None) -> float:
         """Replay every finish (and the start it frees) up to `now`; returns `now`."""
@@ -123,9 +125,15 @@ class Engine:
                 return
             lane.running.remove(job)
             self._finish(job)
+            self._fill(lane, job.end)
+
+    def _fill(self, lane: Lane, at: float) -> None:
+        """Start queued jobs at `at` while the lane is below the cap."""
+        while len(lane.running) < self.capacity:
             following = lane.pop_next()
-            if following is not None:
-                self._start(lane, following, job.end)
+            if following is None:
+                return
+            self._start(lane, following, at)
 
     def _start(self, lane: Lane, job: Job, at: float) -> None:
         self._move(job, "running")
@@ -154,6 +162,14 @@ class Engine:
             self._start(lane, job, job.created)
         else:
             lane.enqueue(job)
+
+    def set_capacity(self, capacity: int, at: float) -> None:
+        """Change the per-token cap at `at`: a larger one starts queued jobs at once, a smaller
+        one lets running jobs finish and starts no more until they are under it."""
+        self.advance(at)
+        self.capacity = capacity
+        for lane in self._lanes.values():
+            self._fill(lane, at)
 
     def get(self, request_id: str) -> Job | None:
         """The job with this id, if any."""

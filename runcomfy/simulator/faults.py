@@ -9,6 +9,7 @@ and output faults, the n-th submit request the same request faults, and so on.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -41,10 +42,16 @@ class JobDraw:
 class FaultPlan:
     """Draws request faults, job durations and output faults from one seed."""
 
-    def __init__(self, config: SimulatorConfig, seed: int) -> None:
+    def __init__(self, config: SimulatorConfig, seed: int,
+                 requests: Mapping[str, int] | None = None) -> None:
         self._config = config
         self.seed = seed
-        self._requests: dict[str, int] = {}
+        #: requests seen per kind (a restarted simulator continues the sequences)
+        self._requests: dict[str, int] = dict(requests or {})
+
+    def request_counts(self) -> dict[str, int]:
+        """How many requests of each kind have drawn their faults."""
+        return dict(self._requests)
 
     def _rng(self, *parts: object) -> random.Random:
         # A string seed is hashed with SHA-512: stable across runs and Python versions.

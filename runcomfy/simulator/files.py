@@ -140,13 +140,16 @@ async def output_file(request: Request) -> Response:
     job, output = found
     is_get = request.method == "GET"
     if output.is_missing_now():
-        output.gets += is_get
+        if is_get:
+            output.gets += 1
+            sim.fetched(job)
         sim.stats.faults["output_404"] += 1
         return _not_found("output not found (simulated)")
     source = await _output_source(sim, job, output)
     truncate = is_get and sim.plan.truncates(job.index, output.n, output.gets)
     if is_get:
         output.gets += 1
+        sim.fetched(job)
         sim.stats.downloads += 1
         sim.stats.faults["output_truncate"] += truncate
     return ByteResponse(source, output.content_type, request, truncate=truncate,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rcbatch.runcomfy.simulator.engine import Engine
+from rcbatch.runcomfy.simulator.engine import Engine, Job
 
 
 def canonical_digest(model_id: str, body: Mapping[str, Any]) -> bytes:
@@ -33,7 +33,21 @@ class Stats:
     downloads: int = 0
     bytes_served: int = 0
     faults: Counter[str] = field(default_factory=Counter)
+    #: jobs loaded from the state at start (their submits are counted again, see `restore`)
+    restored_jobs: int = 0
     _seen: set[bytes] = field(default_factory=set, repr=False)
+
+    def restore(self, jobs: Iterable[Job]) -> None:
+        """Count the submits behind jobs loaded from the state, as if they were accepted now:
+        `submits`, `duplicate_submits` and `lost_submits` then describe every job the
+        simulator knows. Counters of requests (polls, downloads, rejected submits, request
+        faults) are not saved: they count this process's requests only."""
+        for job in jobs:
+            self.note_accepted(job.model_id, job.body)
+            self.restored_jobs += 1
+            if job.answer == "lost":
+                self.lost_submits += 1
+                self.faults["lost_submit"] += 1
 
     def note_accepted(self, model_id: str, body: Mapping[str, Any]) -> None:
         """Count an accepted submit, and whether its body repeats an earlier accepted one."""
@@ -69,7 +83,7 @@ class Stats:
             "peak_in_progress": engine.peak_in_progress,
             "faults": dict(sorted((self.faults + Counter(job_fail=counts["failed"])).items())),
             "first_submit_at": _iso(engine, first), "last_finished_at": _iso(engine, last),
-            "ideal_makespan": span, "seed": seed,
+            "ideal_makespan": span, "seed": seed, "restored_jobs": self.restored_jobs,
         }
 
 
