@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from rcbatch.errors import Problem
 from rcbatch.producer.cells import coerce_cell
@@ -23,6 +24,7 @@ from rcbatch.producer.jsontext import (
     json_error,
     json_loads,
 )
+from rcbatch.producer.stdin import STDIN_NAME, LineSource, Replay, is_stdin
 from rcbatch.runcomfy import catalogue
 
 #: a physical line longer than this is refused (a generation spec is a few KiB at most)
@@ -72,26 +74,37 @@ def one_line(text: str) -> str:
 
 
 def read_rows(path: Path, *, default_model: str | None = None,
-              display_name: str | None = None) -> ReadResult:
+              display_name: str | None = None, stdin: LineSource | None = None) -> ReadResult:
     """Read every row of a .jsonl/.ndjson/.json-lines or .csv file; never raises for bad input.
 
     `default_model` fills in `model` where a row gives none; `display_name` (default: the
-    path as given) is the FILE of every row and problem.
+    path as given, `<stdin>` for `-`) is the FILE of every row and problem.
     """
     problems: list[Problem] = []
     rows = list(iter_rows(path, default_model=default_model, display_name=display_name,
-                          problems=problems))
+                          problems=problems, stdin=stdin))
     return ReadResult(rows, problems)
 
 
+def display_name_of(path: Path | str) -> str:
+    """The FILE that rows and problems of `path` name: the path as given, `<stdin>` for `-`."""
+    return STDIN_NAME if is_stdin(path) else one_line(str(path))
+
+
 def iter_rows(path: Path, *, problems: list[Problem], default_model: str | None = None,
-              display_name: str | None = None) -> Iterator[Row]:
+              display_name: str | None = None, stdin: LineSource | None = None) -> Iterator[Row]:
     """`read_rows` one row at a time, so a large file is never held whole in memory.
 
     Problems are appended to `problems` as they are found (all of them once the iterator
-    is exhausted).
+    is exhausted). The path `-` reads `stdin` (default: the process's standard input),
+    JSON Lines or CSV as its first non-blank line shows.
     """
-    sink = _Sink(one_line(display_name if display_name is not None else str(path)), problems)
+    sink = _Sink(one_line(display_name) if display_name is not None else display_name_of(path),
+                 problems)
+    if is_stdin(path):
+        yield from _read_stream(stdin if stdin is not None else sys.stdin.buffer, sink,
+                                default_model)
+        return
     path = Path(path)
     suffix = path.suffix.lower()
     parse = _read_jsonl if suffix in JSONL_SUFFIXES else _read_csv if suffix in CSV_SUFFIXES \
@@ -111,6 +124,19 @@ def iter_rows(path: Path, *, problems: list[Problem], default_model: str | None 
         sink.add(1, FILE_FIELD, f"cannot read the file: {exc.strerror or exc}")
 
 
+def _read_stream(stream: LineSource, sink: _Sink, default_model: str | None) -> Iterator[Row]:
+    """Rows of standard input, its format told from its first non-blank line."""
+    try:
+        replay = Replay(stream, MAX_LINE_BYTES)
+        if replay.first[:2] in _UTF16_BOMS:
+            sink.add(1, FILE_FIELD, "the input is UTF-16; send it as UTF-8")
+            return
+        parse = _read_jsonl if replay.looks_like_jsonl() else _read_csv
+        yield from parse(replay, sink, default_model)
+    except OSError as exc:
+        sink.add(1, FILE_FIELD, f"cannot read standard input: {exc.strerror or exc}")
+
+
 class _Sink:
     """Collects the problems of one file."""
 
@@ -123,7 +149,7 @@ class _Sink:
         self.problems.append(Problem(self.file, line, one_line(field_name), one_line(message)))
 
 
-def _physical_lines(fh: IO[bytes]) -> Iterator[tuple[int, bytes | None, int]]:
+def _physical_lines(fh: LineSource) -> Iterator[tuple[int, bytes | None, int]]:
     """(line number, bytes or None when over the cap, size without the line break).
 
     An over-long line is skipped in fixed chunks: time linear in its size, memory bounded.
@@ -140,7 +166,7 @@ def _physical_lines(fh: IO[bytes]) -> Iterator[tuple[int, bytes | None, int]]:
         yield lineno, None, size - len(chunk) + len(chunk.rstrip(b"\r\n"))
 
 
-def _decoded_lines(fh: IO[bytes], sink: _Sink) -> Iterator[tuple[int, str | None]]:
+def _decoded_lines(fh: LineSource, sink: _Sink) -> Iterator[tuple[int, str | None]]:
     """(line number, text) per physical line; text is None for a line already reported."""
     for lineno, raw, size in _physical_lines(fh):
         if raw is None:
@@ -162,7 +188,7 @@ _KIND_NAMES = {dict: "an object", list: "an array", str: "a string", bool: "true
                type(None): "null", int: "a number", float: "a number"}
 
 
-def _read_jsonl(fh: IO[bytes], sink: _Sink, default_model: str | None) -> Iterator[Row]:
+def _read_jsonl(fh: LineSource, sink: _Sink, default_model: str | None) -> Iterator[Row]:
     """Rows of a JSON Lines file: one object per non-blank line."""
     seen_any = False
     for lineno, text in _decoded_lines(fh, sink):
@@ -227,7 +253,7 @@ def _apply_default_model(data: dict[str, Any], default_model: str | None) -> Non
         data["model"] = default_model
 
 
-def _read_csv(fh: IO[bytes], sink: _Sink, default_model: str | None) -> Iterator[Row]:
+def _read_csv(fh: LineSource, sink: _Sink, default_model: str | None) -> Iterator[Row]:
     """Rows of a CSV file: a header row, then one item per row."""
     records = _csv_records(_decoded_lines(fh, sink), sink)
     first = next(records, None)

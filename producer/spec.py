@@ -11,17 +11,22 @@ import json
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rcbatch.errors import Problem, ValidationFailed
-from rcbatch.producer.reader import ROW_FIELD, Row, iter_rows, one_line
-from rcbatch.producer.sweep import expand_rows, sweep_suffix
+from rcbatch.errors import InputError, Problem, ValidationFailed
+from rcbatch.producer.problems import ProblemTally, RowSizes, collapse
+from rcbatch.producer.reader import ROW_FIELD, Row, display_name_of, iter_rows, one_line
+from rcbatch.producer.stdin import LineSource
+from rcbatch.producer.sweep import SweepError, SweepPlan, plan_row, sweep_suffix
 from rcbatch.runcomfy import catalogue
 
 MAX_ID_LENGTH = 128
+#: items one submission may expand to unless told otherwise (Settings.max_items' default)
+DEFAULT_MAX_ITEMS = 100_000
+MAX_ITEMS_SETTING = "RCBATCH_MAX_ITEMS"
 
 _ID_RE = re.compile(r"[A-Za-z0-9._-]+")
 _TAGS = {"text-to-image": "t2i", "edit": "edit", "image-to-video": "i2v",
@@ -48,6 +53,8 @@ class CheckResult:
     items: list[ItemSpec] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
+    #: (file, line) -> items expanded from that row, for rows that gave more than one
+    row_sizes: dict[tuple[str, int], int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -66,6 +73,12 @@ class CheckResult:
         """The whole `validate --json` answer: the summary plus errors and warnings."""
         return {**self.summary(), "errors": [p.as_dict() for p in self.problems],
                 "warnings": [p.as_dict() for p in self.warnings]}
+
+    def add_problems(self, errors: Iterable[Problem],
+                     warnings: Iterable[Problem] = ()) -> None:
+        """Add problems found per item later (preflight): repeats within a row merged."""
+        self.problems += collapse(errors, self.row_sizes)
+        self.warnings += collapse(warnings, self.row_sizes)
 
     def raise_if_invalid(self) -> None:
         """Raise `ValidationFailed` listing every problem when there is any."""
@@ -93,39 +106,79 @@ def check_rows(rows: Iterable[Row], *, allow_loopback_http: bool = True) -> Chec
     checker = _Checker(allow_loopback_http)
     for row in rows:
         checker.check(row)
-    return checker.result
+    return checker.finish()
 
 
-def read_and_check(paths: Sequence[Path], *, default_model: str | None = None,
+def read_and_check(paths: Sequence[Path | str], *, default_model: str | None = None,
                    allow_loopback_http: bool = True,
                    sweep: Mapping[str, list[Any]] | None = None,
-                   repeat: int | None = None) -> CheckResult:
+                   repeat: int | None = None, max_items: int = DEFAULT_MAX_ITEMS,
+                   stdin: LineSource | None = None) -> CheckResult:
     """Read every file of one submission, expand its sweeps, and check all rows together.
 
-    `sweep` and `repeat` apply to every row (the `--sweep` and `--repeat` options).
-    Problems come sorted by file (in the order given) and line.
+    `sweep` and `repeat` apply to every row (the `--sweep` and `--repeat` options). The
+    path `-` is standard input (`stdin` when given), named `<stdin>` in problems.
+    Raises `InputError` as soon as the rows read so far would expand to more than
+    `max_items` items, before expanding the row that passes it. Problems come sorted by
+    file (in the order given) and line, each distinct one once (`SharedProblem` when several
+    items of a swept row share it).
     """
     read_problems: list[Problem] = []
     checker = _Checker(allow_loopback_http)
+    budget = _ItemBudget(max_items)
     # Row by row, so only the items are ever held, never every row as well (bench/enqueue.py).
     for path in paths:
-        for row in iter_rows(Path(path), default_model=default_model, problems=read_problems):
-            expanded, sweep_problems = expand_rows([row], cli_sweep=sweep, repeat=repeat)
-            read_problems.extend(sweep_problems)
-            for one in expanded:
+        for row in iter_rows(Path(path), default_model=default_model, problems=read_problems,
+                             stdin=stdin):
+            for one in _expand(row, sweep, repeat, budget, read_problems):
                 checker.check(one)
-    checked = checker.result
+    checker.errors.extend(read_problems)
+    checked = checker.finish(budget.row_sizes)
     order: dict[str, int] = {}
     for index, path in enumerate(paths):
-        order.setdefault(one_line(str(path)), index)
+        order.setdefault(display_name_of(path), index)
 
     def key(problem: Problem) -> tuple[int, int]:
         return order.get(problem.file, len(order)), problem.line
 
-    # A swept row's expansions share its line: report each problem of that line once.
-    checked.problems = sorted(dict.fromkeys(read_problems + checked.problems), key=key)
-    checked.warnings = sorted(dict.fromkeys(checked.warnings), key=key)
+    checked.problems.sort(key=key)
+    checked.warnings.sort(key=key)
     return checked
+
+
+def _expand(row: Row, sweep: Mapping[str, list[Any]] | None, repeat: int | None,
+            budget: _ItemBudget, problems: list[Problem]) -> Iterator[Row]:
+    """The rows `row` expands to, counted against the budget before any is built."""
+    try:
+        plan = plan_row(row, sweep, repeat)
+    except SweepError as exc:
+        problems.append(exc.problem(row))
+        return iter(())
+    budget.take(plan)
+    return plan.rows()
+
+
+class _ItemBudget:
+    """The running count of items of one submission, refused past `max_items`."""
+
+    def __init__(self, max_items: int) -> None:
+        self.max_items = max_items
+        self.used = 0
+        self.row_sizes: dict[tuple[str, int], int] = {}
+
+    def take(self, plan: SweepPlan) -> None:
+        """Count `plan`'s items; InputError (naming its row) when they pass the cap."""
+        size, row = plan.size, plan.row
+        if self.used + size > self.max_items:
+            raise InputError(
+                f"{row.file}:{row.line}: {plan.field}: the submission passes "
+                f"{self.max_items} items at this row ({self.used} before it, {size} from it); "
+                f"that is the most one submission may have ({MAX_ITEMS_SETTING}): split the "
+                "input or raise the setting")
+        self.used += size
+        if size > 1:
+            key = (row.file, row.line)
+            self.row_sizes[key] = self.row_sizes.get(key, 0) + size
 
 
 class _Checker:
@@ -133,19 +186,29 @@ class _Checker:
 
     def __init__(self, allow_loopback_http: bool) -> None:
         self.allow_loopback_http = allow_loopback_http
-        self.result = CheckResult()
+        self.items: list[ItemSpec] = []
+        # Tallies, not lists: the expansions of a swept row share its line and, mostly,
+        # its problems; each distinct problem is kept once with how many items had it.
+        self.errors = ProblemTally()
+        self.warnings = ProblemTally()
         self.seen: dict[str, tuple[str, int, bool]] = {}  # id -> file, line, generated
+
+    def finish(self, row_sizes: RowSizes | None = None) -> CheckResult:
+        """The items and the distinct problems and warnings of every row checked."""
+        sizes = row_sizes or {}
+        return CheckResult(self.items, self.errors.problems(sizes),
+                           self.warnings.problems(sizes), dict(sizes))
 
     def check(self, row: Row) -> None:
         """Check one row; append its item, or its problems."""
-        before = len(self.result.problems)
+        before = self.errors.added
         model = row.data.get("model")
         body = {k: v for k, v in row.data.items() if k not in catalogue.RESERVED_FIELDS}
         given_id = self._given_id(row)
         self._check_model(row, model, body)
         if given_id is not None:
             self._claim(row, given_id, generated=False)
-        clean = not row.rejected_fields and len(self.result.problems) == before
+        clean = not row.rejected_fields and self.errors.added == before
         if clean and isinstance(model, str) and model in catalogue.MODELS:
             self._add_item(row, model, body, given_id)
 
@@ -166,12 +229,11 @@ class _Checker:
                 item_id += f"-r{row.sweep['repeat']}"
             if not self._claim(row, item_id, generated=True):
                 return
-        self.result.items.append(ItemSpec(item_id, row.file, row.line, sys.intern(model), body,
+        self.items.append(ItemSpec(item_id, row.file, row.line, sys.intern(model), body,
                                           row.sweep))
 
     def _problem(self, row: Row, field_name: str, message: str) -> None:
-        self.result.problems.append(
-            Problem(row.file, row.line, one_line(field_name), one_line(message)))
+        self.errors.add(Problem(row.file, row.line, one_line(field_name), one_line(message)))
 
     def _given_id(self, row: Row) -> str | None:
         """The row's own id as a string, None when not given (or reported invalid)."""
@@ -196,10 +258,7 @@ class _Checker:
                 continue  # the reader already said why this field is unusable
             problem = Problem(row.file, row.line, one_line(issue.field or ROW_FIELD),
                               one_line(issue.message))
-            if issue.severity == "warning":
-                self.result.warnings.append(problem)
-            else:
-                self.result.problems.append(problem)
+            (self.warnings if issue.severity == "warning" else self.errors).add(problem)
 
     def _claim(self, row: Row, item_id: str, *, generated: bool) -> bool:
         """Register `item_id` for `row`; False (and a problem) when an earlier row has it."""

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from itertools import product
 from typing import Any
 
 from rcbatch.errors import InputError, Problem
-from rcbatch.producer.reader import Row
+from rcbatch.producer.reader import ROW_FIELD, Row, one_line
 from rcbatch.runcomfy import catalogue
 
 SWEEP_FIELDS = ("sweep", "zip", "repeat")
@@ -56,31 +56,78 @@ def expand_rows(rows: Iterable[Row], *, cli_sweep: Mapping[str, list[Any]] | Non
     for row in rows:
         try:
             out.extend(expand_row(row, cli_sweep or {}, repeat))
-        except _SweepError as exc:
-            problems.append(Problem(row.file, row.line, exc.field, exc.message))
+        except SweepError as exc:
+            problems.append(exc.problem(row))
     return out, problems
 
 
-class _SweepError(Exception):
+class SweepError(Exception):
+    """A row's sweep, zip or repeat cannot be expanded: `field` and `message` say why."""
+
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field, self.message = field, message
 
+    def problem(self, row: Row) -> Problem:
+        """This error as the problem of `row`."""
+        return Problem(row.file, row.line, one_line(self.field), one_line(self.message))
+
+
+@dataclass(frozen=True, slots=True)
+class SweepPlan:
+    """What one row expands to, worked out from the axis lengths before anything is built."""
+
+    row: Row
+    data: dict[str, Any]
+    sweep: dict[str, list[Any]]
+    zipped: dict[str, list[Any]]
+    repeat: int
+
+    @property
+    def size(self) -> int:
+        """How many rows the expansion gives: product of sweep lengths x zip length x repeat."""
+        size = self.repeat * (len(next(iter(self.zipped.values()))) if self.zipped else 1)
+        for values in self.sweep.values():
+            size *= len(values)
+        return size
+
+    @property
+    def field(self) -> str:
+        """The field a problem about the size of this expansion names."""
+        return "sweep" if self.sweep else "zip" if self.zipped else \
+            "repeat" if self.repeat > 1 else ROW_FIELD
+
+    def rows(self) -> Iterator[Row]:
+        """The expanded rows, one at a time (the row itself when nothing is swept)."""
+        if not self.sweep and not self.zipped and self.repeat == 1:
+            yield replace(self.row, data=self.data) if self.data != self.row.data else self.row
+            return
+        for axes in _combinations(self.sweep, self.zipped):
+            for k in range(self.repeat):
+                yield _expanded(self.row, self.data, axes, k, self.repeat)
+
+
+def plan_row(row: Row, cli_sweep: Mapping[str, list[Any]] | None = None,
+             cli_repeat: int | None = None) -> SweepPlan:
+    """Check one row's sweep, zip and repeat and size its expansion; builds nothing.
+
+    Raises `SweepError` when they are malformed or the row would pass `MAX_EXPANSION`.
+    """
+    data = dict(row.data)
+    sweep = {**(cli_sweep or {}), **_axes(data.pop("sweep", None), "sweep")}
+    zipped = _axes(data.pop("zip", None), "zip")
+    repeat = _repeat(data.pop("repeat", None), cli_repeat)
+    _check_zip(sweep, zipped)
+    plan = SweepPlan(row, data, sweep, zipped, repeat)
+    if plan.size > MAX_EXPANSION:
+        raise SweepError(plan.field, f"expands to {plan.size} items; the limit per row is "
+                         f"{MAX_EXPANSION}")
+    return plan
+
 
 def expand_row(row: Row, cli_sweep: Mapping[str, list[Any]], cli_repeat: int | None) -> list[Row]:
     """The rows one row stands for (itself alone when it has no sweep)."""
-    data = dict(row.data)
-    sweep = {**cli_sweep, **_axes(data.pop("sweep", None), "sweep")}
-    zipped = _axes(data.pop("zip", None), "zip")
-    repeat = _repeat(data.pop("repeat", None), cli_repeat)
-    if not sweep and not zipped and repeat == 1:
-        return [replace(row, data=data)] if data != row.data else [row]
-    combos = _combinations(sweep, zipped)
-    if len(combos) * repeat > MAX_EXPANSION:
-        raise _SweepError("sweep", f"expands to {len(combos) * repeat} items; the limit per "
-                          f"row is {MAX_EXPANSION}")
-    return [_expanded(row, data, axes, k, repeat)
-            for axes in combos for k in range(repeat)]
+    return list(plan_row(row, cli_sweep, cli_repeat).rows())
 
 
 def _axes(value: Any, name: str) -> dict[str, list[Any]]:
@@ -90,14 +137,14 @@ def _axes(value: Any, name: str) -> dict[str, list[Any]]:
         try:
             value = json.loads(value)
         except ValueError:
-            raise _SweepError(name, "must be a JSON object of field: [values]") from None
+            raise SweepError(name, "must be a JSON object of field: [values]") from None
     if not isinstance(value, dict) or not value:
-        raise _SweepError(name, "must be a non-empty object of field: [values]")
+        raise SweepError(name, "must be a non-empty object of field: [values]")
     for field, values in value.items():
         if field in catalogue.RESERVED_FIELDS or field in SWEEP_FIELDS:
-            raise _SweepError(f"{name}.{field}", "cannot be swept")
+            raise SweepError(f"{name}.{field}", "cannot be swept")
         if not isinstance(values, list) or not values:
-            raise _SweepError(f"{name}.{field}", "must be a non-empty list of values")
+            raise SweepError(f"{name}.{field}", "must be a non-empty list of values")
     return dict(value)
 
 
@@ -107,23 +154,29 @@ def _repeat(value: Any, cli_repeat: int | None) -> int:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_REPEAT:
-        raise _SweepError("repeat", f"must be a whole number from 1 to {MAX_REPEAT}")
+        raise SweepError("repeat", f"must be a whole number from 1 to {MAX_REPEAT}")
     return value
 
 
-def _combinations(sweep: Mapping[str, list[Any]],
-                  zipped: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
+def _check_zip(sweep: Mapping[str, list[Any]], zipped: Mapping[str, list[Any]]) -> None:
     lengths = {len(v) for v in zipped.values()}
     if len(lengths) > 1:
-        raise _SweepError("zip", f"lists must have the same length (got {sorted(lengths)})")
+        raise SweepError("zip", f"lists must have the same length (got {sorted(lengths)})")
     overlap = set(sweep) & set(zipped)
     if overlap:
-        raise _SweepError("zip", f"{sorted(overlap)[0]} is both swept and zipped")
+        raise SweepError("zip", f"{sorted(overlap)[0]} is both swept and zipped")
+
+
+def _combinations(sweep: Mapping[str, list[Any]],
+                  zipped: Mapping[str, list[Any]]) -> Iterator[dict[str, Any]]:
+    """Each combination of axis values, lazily: sweep axes crossed, zip lists paired."""
     pairs = ([dict(zip(zipped, values, strict=True)) for values in zip(*zipped.values(),
                                                                        strict=True)]
              if zipped else [{}])
-    crossed = [dict(zip(sweep, values, strict=True)) for values in product(*sweep.values())]
-    return [{**c, **p} for c in crossed for p in pairs]
+    for values in product(*sweep.values()):
+        crossed = dict(zip(sweep, values, strict=True))
+        for pair in pairs:
+            yield {**crossed, **pair}
 
 
 def _expanded(row: Row, data: dict[str, Any], axes: dict[str, Any], k: int,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rcbatch.producer.reader import MAX_LINE_BYTES, coerce_cell, read_rows
-from rcbatch.producer.spec import check_rows
+from rcbatch.producer.spec import check_rows, read_and_check
 
 DATA = Path(__file__).parent / "data"
 GOOD, BAD = DATA / "good", DATA / "bad"
@@ -340,3 +343,58 @@ def test_read_rows_never_raises_on_arbitrary_bytes(fuzz_dir: Path, blob: bytes, 
         assert 1 <= row.line <= lines and isinstance(row.data, dict)
     checked = check_rows(result.rows)
     assert all("\n" not in str(problem) for problem in checked.problems)
+
+
+# --- standard input ---------------------------------------------------------------------------
+
+def test_dash_reads_jsonl_from_stdin_and_names_it_stdin() -> None:
+    text = ('\n\n' + json.dumps({"model": T2I, "prompt": "a"}) + '\n'
+            + json.dumps({"model": T2I, "prompt": "b", "scale": 7}) + '\n')
+    result = read_and_check(["-"], stdin=io.BytesIO(text.encode()))
+    assert [(i.file, i.line, i.input["prompt"]) for i in result.items] == [("<stdin>", 3, "a")]
+    [problem] = result.problems
+    assert str(problem).startswith("<stdin>:4: scale: must be at most 1")
+
+
+def test_dash_reads_csv_from_stdin_when_it_does_not_open_a_json_object() -> None:
+    text = "\ufeffmodel,prompt,scale\r\n" + f"{T2I},a cat,0.5\r\n" + f"{T2I},a dog,x\r\n"
+    result = read_and_check(["-"], stdin=io.BytesIO(text.encode()))
+    assert [(i.line, i.input) for i in result.items] == [(2, {"prompt": "a cat", "scale": 0.5})]
+    assert [str(p) for p in result.problems] == ["<stdin>:3: scale: expected a number, got 'x'"]
+
+
+@pytest.mark.parametrize(("data", "fragment"), [
+    (b"", "the file is empty"),
+    (b"\n \n", "the file is empty"),
+    ("model\n".encode("utf-16"), "UTF-16"),
+])
+def test_empty_or_utf16_stdin_is_one_problem(data: bytes, fragment: str) -> None:
+    result = read_and_check(["-"], stdin=io.BytesIO(data))
+    [problem] = result.problems
+    assert problem.file == "<stdin>" and fragment in problem.message
+
+
+def test_an_over_long_first_line_on_stdin_is_skipped_like_in_a_file() -> None:
+    text = b'{"prompt": "' + b"x" * (MAX_LINE_BYTES + 10) + b'"}\n' + json.dumps(
+        {"model": T2I, "prompt": "b"}).encode() + b"\n"
+    result = read_and_check(["-"], stdin=io.BytesIO(text))
+    assert [p.line for p in result.problems] == [1] and "bytes long" in result.problems[0].message
+    assert [i.line for i in result.items] == [2]
+
+
+def test_dash_without_a_stream_reads_the_process_stdin() -> None:
+    code = ("from rcbatch.producer.spec import read_and_check; "
+            "r = read_and_check(['-']); print(len(r.items), [str(p) for p in r.problems])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, input=json.dumps({"model": T2I, "prompt": "a"}) + "\n{")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith("1 ['<stdin>:2: (row): not valid JSON")
+
+
+def test_a_submission_from_stdin_gets_a_fresh_default_batch_name(tmp_path: Path) -> None:
+    from rcbatch.producer.batch import default_name
+
+    files = [tmp_path / "a.jsonl"]
+    assert default_name(files) == default_name(files)
+    first, second = default_name([Path("-")]), default_name([Path("-")])
+    assert first.startswith("stdin-") and first != second

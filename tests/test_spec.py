@@ -333,3 +333,48 @@ def test_warnings_do_not_block_the_item() -> None:
                                             "sequential_image_generation_options": 2})])
     assert result.problems == [] and len(result.items) == 1
     assert [w.field for w in result.warnings] == ["prompt"]
+
+
+# --- one line per distinct problem ------------------------------------------------------------
+
+def test_a_problem_every_item_of_a_swept_row_shares_is_reported_once_with_a_count(
+        tmp_path: Path) -> None:
+    path = tmp_path / "f.jsonl"
+    path.write_text(json.dumps({"model": EDIT, "prompt": "p", "image_urls": ["ftp://x/a.jpg"],
+                                "sweep": {"scale": [0.2, 0.4], "force_single": [True, False]}})
+                    + "\n")
+    result = read_and_check([path])
+    [problem] = result.problems
+    assert str(problem).startswith(f"{path}:1: image_urls[0]: must be an https:// URL")
+    assert problem.message.endswith(" (all 4 items of this row)")
+    assert problem.as_dict()["count"] == 4
+    with pytest.raises(ValidationFailed, match=r"^1 problem in 1 row"):
+        result.raise_if_invalid()
+
+
+def test_a_problem_some_items_of_a_row_share_says_how_many(tmp_path: Path) -> None:
+    path = tmp_path / "f.jsonl"
+    path.write_text(json.dumps({"model": T2I, "prompt": "p",
+                                "sweep": {"scale": [0.5, 3], "force_single": [True, False]}})
+                    + "\n")
+    [problem] = read_and_check([path]).problems
+    assert problem.field == "scale"
+    assert problem.message.endswith(" (2 of 4 items of this row)")
+
+
+def test_problems_found_per_item_later_are_merged_per_row(tmp_path: Path) -> None:
+    path = tmp_path / "f.jsonl"
+    path.write_text(json.dumps({"model": EDIT, "prompt": "p", "image_urls": [E1],
+                                "sweep": {"scale": [0.2, 0.4, 0.6]}}) + "\n"
+                    + json.dumps({"model": EDIT, "prompt": "q", "image_urls": [E2]}) + "\n")
+    result = read_and_check([path])
+    assert result.problems == [] and len(result.items) == 4
+    # what preflight gives without network: one problem per item, for the same URL
+    per_item = [Problem(i.file, i.line, "image_urls[0]", "could not fetch image: connection "
+                        "failed") for i in result.items]
+    result.add_problems(per_item, [])
+    assert [str(p) for p in result.problems] == [
+        f"{path}:1: image_urls[0]: could not fetch image: connection failed "
+        "(all 3 items of this row)",
+        f"{path}:2: image_urls[0]: could not fetch image: connection failed"]
+    assert [p.as_dict().get("count", 1) for p in result.problems] == [3, 1]

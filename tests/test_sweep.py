@@ -112,3 +112,25 @@ def test_cli_sweep_values_are_json_when_they_parse() -> None:
         "scale": [0.3, 0.5], "prompt": ["a cat", "a dog"], "force_single": [True]}
     with pytest.raises(InputError):
         parse_cli_sweep(["scale"])
+
+
+@pytest.mark.parametrize(("row", "field", "size"), [
+    ({"zip": {"prompt": ["a"] * 20, "scale": [0.5] * 20}, "repeat": 600}, "zip", 12_000),
+    ({"sweep": {"scale": [0.5] * 101, "prompt": ["a"] * 100}}, "sweep", 10_100),
+    ({"sweep": {"scale": [0.5] * 11}, "zip": {"prompt": ["a"] * 10, "force_single": [True] * 10},
+      "repeat": 100}, "sweep", 11_000),
+])
+def test_the_size_of_a_sweep_is_the_product_of_its_lengths(
+        tmp_path: Path, row: dict[str, object], field: str, size: int) -> None:
+    result = read_and_check([write(tmp_path, "n.jsonl", {"model": T2I, **row})])
+    [problem] = result.problems
+    assert (problem.field, problem.message) == (
+        field, f"expands to {size} items; the limit per row is 10000")
+
+
+def test_a_sweep_problem_naming_a_field_with_a_line_break_stays_on_one_line(
+        tmp_path: Path) -> None:
+    result = read_and_check([write(tmp_path, "nl.jsonl", {"model": T2I, "prompt": "p",
+                                                          "sweep": {"a\rb": []}})])
+    [problem] = result.problems
+    assert str(problem).endswith(":1: sweep.a\\rb: must be a non-empty list of values")
