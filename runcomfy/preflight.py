@@ -6,19 +6,27 @@ read with Pillow for width, height and format. Each URL is fetched once per `Pre
 many rows use it. Everything is bounded: an explicit timeout per request, a deadline per URL, a
 semaphore for concurrency and a byte cap even when the server ignores `Range`. Warnings (a rule
 the page contradicts, an unknown file size) never block; errors do.
+
+Every request goes through `AddressPolicy` (runcomfy/addresses.py): the URL's host must resolve
+to a public address (RunComfy's servers fetch input URLs, so nothing else can work), the request
+connects to the address that was checked, and redirects are followed here, hop by hop, each hop
+checked again. A refused URL is never contacted, and no error repeats what an answer contained.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from rcbatch.errors import ItemFailed, TransportError
+from rcbatch.runcomfy.addresses import AddressPolicy, Destination, IPAddress, safe_url
 from rcbatch.runcomfy.catalogue import MODELS, FieldSpec, ImageInfo, ImageRule, Issue, url_problem
 from rcbatch.runcomfy.imageinfo import identify, read_header
 
@@ -26,6 +34,8 @@ _FIRST_READ = 64 * 1024
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
 #: at most this many GETs per URL (partial-Range servers answer in small pieces)
 _MAX_READS = 16
+#: redirects followed per request (each hop is checked by the address policy)
+_MAX_REDIRECTS = 5
 
 
 @dataclass(frozen=True)
@@ -42,24 +52,36 @@ class _FetchFailed(Exception):
     """The URL answered with something other than image bytes (reason in the message)."""
 
 
+class _Refused(Exception):
+    """The address policy refused the URL or a redirect hop (the whole message is ours)."""
+
+
 class Preflight:
     """Image checks for rows, bound to one httpx client and one event loop.
 
-    The client is the caller's (its proxies, TLS and transport apply). Each request uses
-    `timeout` when given, else the client's own; redirects are followed. Results (failures
-    included) are cached per URL for the life of this object.
+    The client is the caller's (its TLS and transport apply; the client's own redirect setting
+    does not: redirects are followed here, at most 5, each hop checked). Each request uses
+    `timeout` when given, else the client's own. Results (failures included) are cached per
+    URL for the life of this object.
+
+    `allow_loopback_http`: loopback hosts (and plain http:// on them) are fetched; say so only
+    when the API itself is on loopback (the simulator). `policy` replaces the default
+    `AddressPolicy(allow_loopback=allow_loopback_http)` (tests: a fake resolver); its own
+    `allow_loopback` then decides.
     """
 
     def __init__(self, client: httpx.AsyncClient, *, concurrency: int = 8,
                  byte_cap: int = 1 << 20, timeout: httpx.Timeout | None = None,
-                 url_deadline: float = 60.0, allow_loopback_http: bool = True) -> None:
+                 url_deadline: float = 60.0, allow_loopback_http: bool = False,
+                 policy: AddressPolicy | None = None) -> None:
         self._client = client
+        self._policy = policy or AddressPolicy(allow_loopback=allow_loopback_http)
         self._semaphore = asyncio.Semaphore(concurrency)
         self._byte_cap = max(1, byte_cap)
         # None: the client's own timeout (httpx clients always carry one, 5 s by default)
         self._timeout: httpx.Timeout | Any = timeout or httpx.USE_CLIENT_DEFAULT
         self._deadline = url_deadline
-        self._allow_loopback_http = allow_loopback_http
+        self._allow_loopback_http = self._policy.allow_loopback
         self._probes: dict[str, asyncio.Future[Probe]] = {}
 
     async def check_rows(self, rows: Sequence[tuple[str, Mapping[str, Any]]]) -> list[list[Issue]]:
@@ -101,6 +123,8 @@ class Preflight:
                     return await self._measure(url)
             except TimeoutError:
                 return Probe(url, error=f"could not fetch image {url}: timed out")
+            except _Refused as exc:
+                return Probe(url, error=str(exc))
             except _FetchFailed as exc:
                 return Probe(url, error=f"could not fetch image {url}: {exc}")
             except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
@@ -138,11 +162,59 @@ class Preflight:
         return Probe(url, info=info, warnings=warnings)
 
     async def _head(self, url: str) -> int | None:
-        response = await self._client.head(url, timeout=self._timeout, follow_redirects=True)
-        if response.status_code in (404, 410):
-            raise _FetchFailed(f"HTTP {response.status_code}")
+        async with self._fetch("HEAD", url, {}) as response:
+            status = response.status_code
+        if status in (404, 410):
+            raise _FetchFailed(f"HTTP {status}")
         # presigned GET URLs often refuse HEAD (403/405): the GET decides then
         return _int_header(response.headers.get("content-length")) if response.is_success else None
+
+    @contextlib.asynccontextmanager
+    async def _fetch(self, method: str, url: str,
+                     headers: dict[str, str]) -> AsyncIterator[httpx.Response]:
+        """The streamed answer for `url` after redirects, every hop passing the policy."""
+        response = await self._follow(method, url, headers)
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    async def _follow(self, method: str, url: str, headers: dict[str, str]) -> httpx.Response:
+        current = httpx.URL(url)
+        for hop in range(_MAX_REDIRECTS + 1):
+            destination = await self._destination(url, current, hop)
+            response = await self._send(destination, method, headers)
+            location = response.headers.get("location")
+            if not (response.is_redirect and location):
+                return response
+            await response.aclose()
+            current = current.join(location)
+        raise _FetchFailed(f"more than {_MAX_REDIRECTS} redirects")
+
+    async def _destination(self, url: str, current: httpx.URL, hop: int) -> Destination:
+        try:
+            return await self._policy.check(current)
+        except ItemFailed as exc:
+            raise _Refused(exc.message if hop == 0
+                           else f"{safe_url(url)}: redirected to {exc.message}") from exc
+        except TransportError as exc:
+            raise _FetchFailed("its host did not resolve" if hop == 0
+                               else "a redirect's host did not resolve") from exc
+
+    async def _send(self, destination: Destination, method: str,
+                    headers: dict[str, str]) -> httpx.Response:
+        """Send to the first checked address that accepts a connection."""
+        *others, last = destination.addresses
+        for address in others:
+            with contextlib.suppress(httpx.ConnectError):
+                return await self._send_to(destination, address, method, headers)
+        return await self._send_to(destination, last, method, headers)
+
+    async def _send_to(self, destination: Destination, address: IPAddress, method: str,
+                       headers: dict[str, str]) -> httpx.Response:
+        request = destination.build_request(self._client, method, headers=headers,
+                                            timeout=self._timeout, address=address)
+        return await self._client.send(request, stream=True, follow_redirects=False)
 
     async def _read_more(self, url: str, prefix: _Prefix, limit: int) -> None:
         """Extend `prefix.data` towards `limit` bytes with a ranged GET from where it ends.
@@ -152,8 +224,7 @@ class Preflight:
         """
         start = len(prefix.data)
         headers = {"Range": f"bytes={start}-{limit - 1}"}
-        async with self._client.stream("GET", url, headers=headers, timeout=self._timeout,
-                                       follow_redirects=True) as response:
+        async with self._fetch("GET", url, headers) as response:
             if response.status_code == 416 and start > 0:
                 prefix.complete = True  # nothing past `start`: we have the whole file
                 return
@@ -213,7 +284,7 @@ def _int_header(value: str | None) -> int | None:
 def _not_an_image(prefix: _Prefix) -> str:
     if not prefix.data:
         return "the server sent an empty body"
-    return f"not an image (Content-Type: {prefix.content_type or 'none'})"
+    return "not an image"
 
 
 def _content_type_warnings(content_type: str | None) -> tuple[str, ...]:

@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import ipaddress
 import re
 import socket
+import ssl
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rcbatch.runcomfy.addresses import AddressPolicy, StaticResolver
 from rcbatch.runcomfy.catalogue import Issue
 from rcbatch.runcomfy.imageinfo import identify, make_image_bytes, read_header
 from rcbatch.runcomfy.preflight import Preflight
@@ -27,6 +36,13 @@ SEEDREAM = "bytedance/seedream-4-5/edit-sequential"
 T2I = "bytedance/dreamina-4-0/text-to-image"
 HOST = "https://img.example.com"
 CHUNK = 16 * 1024
+#: what the fake resolver answers for every name: a public address (never connected to here)
+PUBLIC_IP = "93.184.215.14"
+
+
+def public_policy(**options: Any) -> AddressPolicy:
+    """The address policy with every name resolving to PUBLIC_IP (no DNS asked)."""
+    return AddressPolicy(resolver=StaticResolver(default=[PUBLIC_IP]), **options)
 
 
 @dataclass
@@ -40,6 +56,7 @@ class Served:
     status: int = 200
     send_length: bool = True
     delay: float = 0.0
+    redirect: str | None = None  # answer 302 to this Location
 
 
 class FakeHost:
@@ -48,12 +65,14 @@ class FakeHost:
     def __init__(self, files: dict[str, Served]) -> None:
         self.files = files
         self.requests: list[tuple[str, str, str | None]] = []
+        self.connected: list[tuple[str, str]] = []  # (address connected to, Host header)
         self.sent = 0
         self.in_flight = 0
         self.max_in_flight = 0
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append((request.method, request.url.path, request.headers.get("range")))
+        self.connected.append((request.url.host, request.headers["host"]))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -67,6 +86,8 @@ class FakeHost:
     def _answer(self, request: httpx.Request, served: Served | None) -> httpx.Response:
         if served is None:
             return httpx.Response(404, text="not found")
+        if served.redirect is not None:
+            return httpx.Response(302, headers={"location": served.redirect})
         headers = {"content-type": served.content_type}
         if request.method == "HEAD":
             if served.send_length:
@@ -116,7 +137,8 @@ def run_rows(host: FakeHost, rows: list[tuple[str, dict[str, Any]]],
              **options: Any) -> list[list[Issue]]:
     async def go() -> list[list[Issue]]:
         async with httpx.AsyncClient(transport=httpx.MockTransport(host)) as client:
-            return await Preflight(client, **options).check_rows(rows)
+            return await Preflight(client, **{"policy": public_policy(), **options}).check_rows(
+                rows)
     return asyncio.run(go())
 
 
@@ -269,8 +291,7 @@ def test_get_failure_after_head_success() -> None:
 def test_html_is_not_an_image() -> None:
     host = FakeHost({"/login": Served(b"<html><body>sign in</body></html>", "text/html")})
     [issue] = check_one(host, I2V, i2v_row("/login"))
-    assert issue.message == (f"could not fetch image {HOST}/login: not an image "
-                             f"(Content-Type: text/html)")
+    assert issue.message == f"could not fetch image {HOST}/login: not an image"
 
 
 def test_transport_timeout_is_an_error() -> None:
@@ -279,7 +300,8 @@ def test_transport_timeout_is_an_error() -> None:
 
     async def go() -> list[Issue]:
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-            return await Preflight(client).check_row(I2V, i2v_row("/a.png"))
+            return await Preflight(client, policy=public_policy()).check_row(I2V,
+                                                                             i2v_row("/a.png"))
     [issue] = asyncio.run(go())
     assert issue.message == f"could not fetch image {HOST}/a.png: timed out"
 
@@ -400,7 +422,8 @@ def test_over_real_loopback_http(image_server: str) -> None:
     async def go() -> list[list[Issue]]:
         timeout = httpx.Timeout(5.0)
         async with httpx.AsyncClient(timeout=timeout) as client:
-            return await Preflight(client, concurrency=4).check_rows(rows)
+            return await Preflight(client, concurrency=4,
+                                   allow_loopback_http=True).check_rows(rows)
     found = asyncio.run(go())
     shortest = "The shortest side must be at least 320 px."
     for offset in (0, 3, 6):
@@ -410,3 +433,292 @@ def test_over_real_loopback_http(image_server: str) -> None:
         assert [i.message.split(" (")[0] for i in found[offset + 2]] == [shortest]
     assert found[9][0].message.endswith("missing.jpg: HTTP 404")
     assert found[10][0].message == f"could not fetch image {dead}: connection failed"
+
+
+# -- addresses: only public hosts, every redirect hop checked, pinned connections (SSRF) -------
+
+def preflight_with(handler: Any, row: dict[str, Any], **options: Any) -> list[Issue]:
+    """The issues of one I2V row fetched through a MockTransport `handler`."""
+    async def go() -> list[Issue]:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            return await Preflight(client, **options).check_row(I2V, row)
+    return asyncio.run(go())
+
+
+def test_requests_connect_to_the_checked_address_with_the_urls_host() -> None:
+    host = FakeHost({"/a.png": Served(png(800, 800))})
+    assert check_one(host, I2V, i2v_row("/a.png")) == []
+    assert host.connected == [(PUBLIC_IP, "img.example.com")] * 2
+
+
+def test_a_name_resolving_to_a_private_address_is_never_contacted() -> None:
+    host = FakeHost({"/a.png": Served(png(800, 800))})
+    policy = AddressPolicy(resolver=StaticResolver({"img.example.com": ["10.0.0.5"]}))
+    [issue] = check_one(host, I2V, i2v_row("/a.png"), policy=policy)
+    assert issue == Issue("image_urls[0]", f"{HOST}/a.png: resolves to 10.0.0.5, a private "
+                                           f"address; RunComfy cannot fetch it")
+    assert host.requests == []
+
+
+def test_redirects_to_public_hosts_are_followed_hop_by_hop() -> None:
+    host = FakeHost({"/a.png": Served(b"", redirect="https://cdn.example.com/b.png"),
+                     "/b.png": Served(png(800, 800))})
+    resolver = StaticResolver({"img.example.com": [PUBLIC_IP], "cdn.example.com": ["1.1.1.1"]})
+    assert check_one(host, I2V, i2v_row("/a.png"), policy=AddressPolicy(resolver=resolver)) == []
+    assert host.connected == [(PUBLIC_IP, "img.example.com"), ("1.1.1.1", "cdn.example.com")] * 2
+
+
+def test_a_redirect_to_the_metadata_service_is_refused_before_any_request() -> None:
+    host = FakeHost({"/a.png": Served(b"", redirect="http://169.254.169.254/latest/meta-data/"),
+                     "/latest/meta-data/": Served(b'{"secret": 1}', "application/json")})
+    [issue] = check_one(host, I2V, i2v_row("/a.png"))
+    assert issue.message == (f"{HOST}/a.png: redirected to http://169.254.169.254/latest/"
+                             f"meta-data/: is 169.254.169.254, a link-local address; RunComfy "
+                             f"cannot fetch it")
+    assert [p for _m, p, _r in host.requests] == ["/a.png"]
+
+
+def test_redirect_loops_end() -> None:
+    host = FakeHost({"/a.png": Served(b"", redirect="/b.png"),
+                     "/b.png": Served(b"", redirect="/a.png")})
+    [issue] = check_one(host, I2V, i2v_row("/a.png"))
+    assert issue.message == f"could not fetch image {HOST}/a.png: more than 5 redirects"
+    assert len(host.requests) == 6
+
+
+def test_a_second_dns_answer_is_checked_again_and_never_used_unchecked() -> None:
+    answers = [[PUBLIC_IP], ["127.0.0.1"]]
+
+    async def rebinding(host: str, port: int) -> list[str]:
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
+    host = FakeHost({"/a.png": Served(png(800, 800))})
+    [issue] = check_one(host, I2V, i2v_row("/a.png"), policy=AddressPolicy(resolver=rebinding))
+    assert issue.message.endswith("/a.png: resolves to 127.0.0.1, a loopback address; RunComfy "
+                                  "cannot fetch it")
+    assert host.connected == [(PUBLIC_IP, "img.example.com")]  # the HEAD; the GET was refused
+
+
+def test_the_next_checked_address_is_tried_when_one_refuses_connections() -> None:
+    seen: list[str] = []
+    host = FakeHost({"/a.png": Served(png(800, 800))})
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.host)
+        if request.url.host == "2606:4700::1":
+            raise httpx.ConnectError("unreachable", request=request)
+        return await host(request)
+
+    resolver = StaticResolver({"img.example.com": ["2606:4700::1", PUBLIC_IP]})
+    assert preflight_with(handler, i2v_row("/a.png"),
+                          policy=AddressPolicy(resolver=resolver)) == []
+    assert seen == ["2606:4700::1", PUBLIC_IP] * 2
+
+
+def test_loopback_redirects_stay_allowed_for_the_simulator() -> None:
+    host = FakeHost({"/a.png": Served(b"", redirect="http://localhost:8000/b.png"),
+                     "/b.png": Served(png(800, 800))})
+    row = {"image_urls": ["http://127.0.0.1:8000/a.png"], "prompt": "p"}
+    policy = AddressPolicy(allow_loopback=True,
+                           resolver=StaticResolver({"localhost": ["127.0.0.1"]}))
+    assert check_one(host, I2V, row, policy=policy) == []
+    [issue] = check_one(host, I2V, {"image_urls": ["https://10.0.0.5/a.png"], "prompt": "p"},
+                        policy=policy)
+    assert "a private address" in issue.message
+
+
+class Recorder(ThreadingHTTPServer):
+    """A server on 127.0.0.1 that counts every connection and records every request."""
+
+    daemon_threads = True
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        super().__init__(("127.0.0.1", 0), RouteHandler)
+        self.connections = 0
+        self.seen: list[tuple[str, str, str]] = []  # (method, path, Host)
+        self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
+        if tls is not None:
+            self.socket = tls.wrap_socket(self.socket, server_side=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def get_request(self) -> Any:
+        self.connections += 1
+        return super().get_request()
+
+
+#: what the internal service answers to anything (never to be seen in an error)
+INTERNAL_ANSWER = (200, {"Content-Type": "application/json"}, b'{"AccessKeyId": "AKIA-INSIDE"}')
+
+
+class RouteHandler(BaseHTTPRequestHandler):
+    """Answers `server.routes[path]`, else the internal service's secret."""
+
+    server: Recorder
+
+    def do_HEAD(self) -> None:
+        self._answer(body=False)
+
+    def do_GET(self) -> None:
+        self._answer(body=True)
+
+    def _answer(self, *, body: bool) -> None:
+        self.server.seen.append((self.command, self.path, self.headers.get("Host", "")))
+        status, headers, data = self.server.routes.get(self.path, INTERNAL_ANSWER)
+        self.send_response(status)
+        for name, value in {"Content-Length": str(len(data)), **headers}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if body:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serving(server: Recorder) -> Iterator[Recorder]:
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def internal() -> Iterator[Recorder]:
+    """An internal service on 127.0.0.1 (plain http) that must never be reached."""
+    with serving(Recorder()) as server:
+        yield server
+
+
+PUBLIC_NAME = "img.public.test"
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for PUBLIC_NAME and 127.0.0.1: (cert file, key file)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, PUBLIC_NAME)])
+    now = datetime.datetime.now(datetime.UTC)
+    names = [x509.DNSName(PUBLIC_NAME), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    folder = tmp_path_factory.mktemp("tls")
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return folder / "cert.pem", folder / "key.pem"
+
+
+@dataclass
+class PublicHost:
+    """An https server on 127.0.0.1 playing the public host PUBLIC_NAME."""
+
+    server: Recorder
+    server_names: list[str | None]  # the TLS server names clients asked for
+    client_tls: ssl.SSLContext  # trusts the host's certificate
+
+    def policy(self, names: dict[str, list[str]] | None = None) -> AddressPolicy:
+        """Resolves PUBLIC_NAME (and `names`) to loopback, judging only this host public."""
+        resolver = StaticResolver({PUBLIC_NAME: ["127.0.0.1"], **(names or {})})
+        return AddressPolicy(resolver=resolver, trusted=[("127.0.0.1", self.server.port)])
+
+    def url(self, path: str) -> str:
+        return f"https://{PUBLIC_NAME}:{self.server.port}{path}"
+
+
+@pytest.fixture
+def public_host(certificate: tuple[Path, Path]) -> Iterator[PublicHost]:
+    server_names: list[str | None] = []
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(*certificate)
+    tls.sni_callback = lambda _socket, name, _context: server_names.append(name)
+    client_tls = ssl.create_default_context(cafile=str(certificate[0]))
+    with serving(Recorder(tls)) as server:
+        yield PublicHost(server, server_names, client_tls)
+
+
+def preflight_over_tls(host: PublicHost, url: str, **options: Any) -> list[Issue]:
+    """Preflight one row through a real client that trusts `host`'s certificate and, like
+    `rcbatch validate`'s, would follow redirects by itself."""
+    async def go() -> list[Issue]:
+        async with httpx.AsyncClient(verify=host.client_tls, timeout=5.0,
+                                     follow_redirects=True) as client:
+            return await Preflight(client, **options).check_row(I2V, {"image_urls": [url],
+                                                                      "prompt": "p"})
+    return asyncio.run(go())
+
+
+def test_https_connects_to_the_checked_address_with_the_urls_server_name(
+        public_host: PublicHost) -> None:
+    public_host.server.routes["/ok.jpg"] = (200, {"Content-Type": "image/jpeg"}, jpeg(800, 600))
+    url = public_host.url("/ok.jpg")
+    assert preflight_over_tls(public_host, url, policy=public_host.policy()) == []
+    netloc = f"{PUBLIC_NAME}:{public_host.server.port}"
+    assert public_host.server.seen == [("HEAD", "/ok.jpg", netloc), ("GET", "/ok.jpg", netloc)]
+    assert set(public_host.server_names) == {PUBLIC_NAME}
+
+
+#: (Location the public host answers, what the error must say about it)
+INSIDE = [
+    ("http://127.0.0.1:{port}/latest/meta-data/iam/security-credentials/",
+     "http://127.0.0.1:{port}/latest/meta-data/iam/security-credentials/: is 127.0.0.1, "
+     "a loopback address"),
+    ("https://localhost:{port}/latest/meta-data/",
+     "https://localhost:{port}/latest/meta-data/: is localhost, this machine (a loopback "
+     "address)"),
+    ("//127.1:{port}/latest/", "https://127.1:{port}/latest/: is 127.0.0.1, a loopback address"),
+    ("http://2130706433:{port}/", "http://2130706433:{port}/: is 127.0.0.1, a loopback address"),
+    ("http://[::ffff:127.0.0.1]:{port}/",
+     "http://[::ffff:127.0.0.1]:{port}/: is ::ffff:7f00:1, a loopback address (IPv4 "
+     "127.0.0.1)"),
+    ("https://img.public.test@127.0.0.1:{port}/",
+     "https://127.0.0.1:{port}/: is 127.0.0.1, a loopback address"),
+    ("http://inside.test:{port}/", "http://inside.test:{port}/: resolves to 127.0.0.1, a "
+                                   "loopback address"),
+]
+
+
+@pytest.mark.parametrize(("location", "reason"), INSIDE)
+def test_a_public_host_redirecting_inside_never_reaches_the_inside(
+        public_host: PublicHost, internal: Recorder, location: str, reason: str) -> None:
+    public_host.server.routes["/img.jpg"] = (302, {"Location": location.format(
+        port=internal.port)}, b"")
+    url = public_host.url("/img.jpg")
+    policy = public_host.policy({"inside.test": ["127.0.0.1"]})
+    [issue] = preflight_over_tls(public_host, url, policy=policy)
+    assert internal.connections == 0 and internal.seen == []
+    assert issue == Issue("image_urls[0]", f"{url}: redirected to "
+                                           f"{reason.format(port=internal.port)}; RunComfy "
+                                           f"cannot fetch it")
+    assert "json" not in issue.message.lower() and "AKIA" not in issue.message
+
+
+@pytest.mark.parametrize("url", [
+    "https://localhost:{port}/latest/meta-data/", "https://LOCALHOST.:{port}/x.jpg",
+    "https://127.1:{port}/x.jpg", "https://2130706433:{port}/x.jpg",
+    "https://0x7f.0.0.1:{port}/x.jpg", "https://[::ffff:127.0.0.1]:{port}/x.jpg",
+    "https://img.example.com@127.0.0.1:{port}/x.jpg"])
+def test_this_machine_in_any_spelling_is_never_connected_to(internal: Recorder,
+                                                            url: str) -> None:
+    async def go() -> list[Issue]:
+        async with httpx.AsyncClient(timeout=5.0, follow_redirects=True) as client:
+            return await Preflight(client).check_row(I2V, {"image_urls": [
+                url.format(port=internal.port)], "prompt": "p"})
+    [issue] = asyncio.run(go())
+    assert internal.connections == 0
+    assert "a loopback address" in issue.message
+    assert issue.message.endswith("; RunComfy cannot fetch it")
