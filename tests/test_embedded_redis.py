@@ -268,3 +268,100 @@ def test_a_finished_item_record_stays_compact(server: EmbeddedRedis) -> None:
     client.hset("rcb:item:b:i0", mapping={"state": "completed", "outputs": outputs})
     assert client.object("encoding", "rcb:item:b:i0") == b"listpack"
     client.close()
+
+
+# --- the embedded Redis of `rcbatch run` is this user's only -----------------------------
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def _password_of(url: str) -> str | None:
+    return redis.connection.parse_url(url).get("password")
+
+
+def test_ensure_redis_asks_for_a_password_kept_private(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    url, server = ensure_redis(None, state)
+    assert server is not None
+    try:
+        password = _password_of(url)
+        assert password and len(password) >= 32
+        assert url == f"redis://:{password}@127.0.0.1:{server.port}/0"
+        with pytest.raises(redis.AuthenticationError):  # NOAUTH: any other local user
+            redis.Redis(host="127.0.0.1", port=server.port).ping()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=server.port).set("k", "v")
+        client = redis.Redis.from_url(url)
+        client.set("k", "v")
+        client.close()
+        assert (state / "redis" / "password").read_text().strip() == password
+        assert password.encode() not in Path(f"/proc/{server.pid}/cmdline").read_bytes()
+        assert password not in repr(server)
+    finally:
+        server.stop()
+    assert password not in (state / "logs" / "redis.log").read_text()
+
+
+def test_the_state_folder_and_the_server_files_are_closed_to_others(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    url, server = ensure_redis(None, state)
+    assert server is not None
+    try:
+        redis.Redis.from_url(url).set("prompt", "a private prompt")
+    finally:
+        server.stop()
+    assert _mode(state) == 0o700 and _mode(state / "redis") == 0o700
+    assert _mode(state / "redis" / "password") == 0o600
+    assert _mode(state / "logs" / "redis.log") == 0o600
+    aof_files = list((state / "redis" / "appendonlydir").iterdir())
+    assert aof_files and all(_mode(f) == 0o600 for f in aof_files)
+
+
+def test_an_existing_open_state_folder_is_closed_on_the_next_start(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    _, server = ensure_redis(None, state)
+    assert server is not None
+    server.stop()
+    aof = state / "redis" / "appendonlydir"
+    for path in (state, state / "redis", aof):
+        path.chmod(0o755)  # as an older rcbatch left them
+    for path in aof.iterdir():
+        path.chmod(0o644)
+    (state / "redis" / "password").chmod(0o644)
+    _, server = ensure_redis(None, state)
+    assert server is not None
+    server.stop()
+    assert _mode(state) == _mode(state / "redis") == _mode(aof) == 0o700
+    assert {_mode(p) for p in aof.iterdir()} == {0o600}
+    assert _mode(state / "redis" / "password") == 0o600
+
+
+def test_the_password_survives_a_restart_so_a_later_status_gets_in(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first_url, first = ensure_redis(None, state)
+    assert first is not None
+    try:
+        redis.Redis.from_url(first_url).set("seen", "yes")
+    finally:
+        first.stop()
+    again_url, again = ensure_redis(None, state)  # a new process would do just this
+    assert again is not None
+    try:
+        assert _password_of(first_url) and _password_of(again_url) == _password_of(first_url)
+        assert redis.Redis.from_url(again_url).get("seen") == b"yes"
+    finally:
+        again.stop()
+
+
+def test_a_second_command_during_a_run_gets_the_password_too(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    url, owner = ensure_redis(None, state)
+    assert owner is not None
+    try:
+        shared_url, shared = ensure_redis(None, state)
+        assert shared is None and _password_of(url)
+        assert _password_of(shared_url) == _password_of(url)
+        assert redis.Redis.from_url(shared_url).ping() is True
+    finally:
+        owner.stop()

@@ -2,7 +2,10 @@
 
 `manifest.jsonl` follows CONTRACT.md (item_id, line, model, input, status, request_id,
 attempts, outputs, error, submitted_at, finished_at, plus cost and history when known);
-`manifest.csv` carries the same for spreadsheet users. Both are rewritten whole (streamed,
+`manifest.csv` carries the same for spreadsheet users, every cell that a spreadsheet would
+read as a formula (starting with = + - @, a tab or a carriage return: OWASP's rule) prefixed
+with a single quote, since error texts come from the API and prompts from anyone; the JSONL
+keeps every value exact. Both are rewritten whole (streamed,
 never built in memory; one read of the items for both and the contact sheet) by a debounced
 task while the batch runs and once more when it ends.
 """
@@ -28,6 +31,7 @@ CSV_COLUMNS = ("item_id", "file", "line", "model", "status", "request_id", "atte
                "outputs", "sha256", "bytes", "error_kind", "error_message", "submitted_at",
                "finished_at", "cost", "input")
 _OUTPUT_FIELDS = ("key", "bytes", "sha256", "content_type", "source_url")
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def manifest_line(record: Mapping[str, str]) -> dict[str, Any]:
@@ -58,11 +62,20 @@ def manifest_line(record: Mapping[str, str]) -> dict[str, Any]:
 
 
 def csv_row(line: Mapping[str, Any]) -> list[str]:
-    """The manifest.csv row of one manifest entry."""
+    """The manifest.csv row of one manifest entry, each cell safe for a spreadsheet."""
+    return [inert_cell(cell) for cell in _csv_cells(line)]
+
+
+def inert_cell(value: str) -> str:
+    """`value`, prefixed with a single quote when a spreadsheet would run it as a formula."""
+    return "'" + value if value.startswith(_FORMULA_STARTS) else value
+
+
+def _csv_cells(line: Mapping[str, Any]) -> list[str]:
     file, _, number = str(line["line"]).rpartition(":")
     outputs = line["outputs"]
     error = line["error"] or {}
-    return [line["item_id"], file, number, line["model"] or "", line["status"] or "",
+    return [str(line["item_id"]), file, number, line["model"] or "", line["status"] or "",
             line["request_id"] or "", str(line["attempts"]),
             "|".join(o["key"] for o in outputs), "|".join(o["sha256"] for o in outputs),
             "|".join(str(o["bytes"]) for o in outputs), error.get("kind", ""),

@@ -13,9 +13,15 @@ long as the server should. The server runs in its own session, so a Ctrl-C in th
 reaches the owner only, which then decides when to stop it.
 
 A lock file in the data folder (held by the owner and inherited by the server) keeps two
-servers from writing the same append-only file at once; it also holds the port of a running
-password-less server, so `ensure_redis` in a second process (say `rcbatch status` during a
-`rcbatch run`) uses that server instead of failing.
+servers from writing the same append-only file at once; it also holds the port of the running
+server, so `ensure_redis` in a second process (say `rcbatch status` during a `rcbatch run`)
+uses that server instead of failing.
+
+The server holds prompts and output URLs, so `ensure_redis` keeps it to this user: the state
+folder is 0700, the server's files 0600 (it runs under umask 077), and it asks for a random
+password kept in STATE_DIR/redis/password (0600, made once and reused, so a later `status`
+finds the same one). The password travels on the server's stdin, never its command line; the
+URL carrying it goes to child processes through their environment only.
 """
 
 from __future__ import annotations
@@ -23,7 +29,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
-import functools
 import importlib.util
 import os
 import platform
@@ -38,6 +43,7 @@ from urllib.parse import quote
 
 import redis
 
+from rcbatch.cli.private_state import chmod_if_ours, private_dir, read_password, state_password
 from rcbatch.errors import ServiceUnavailable
 from rcbatch.lifetime import die_with_parent
 
@@ -48,6 +54,7 @@ PORT_ATTEMPTS = 5  # free-port picks tried when another process grabs the port f
 LOG_TAIL_LINES = 15
 PATH_NAMES = ("redis-server", "valkey-server")
 LOCK_NAME = "embedded-redis.lock"
+PASSWORD_NAME = "password"  # in the data folder: what `ensure_redis` makes the server ask for
 _PORT_TAKEN = "address already in use"  # how the server's log says another process has the port
 
 
@@ -90,9 +97,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
-
-
-@functools.cache
 
 
 def _password_config(password: str | None) -> bytes:
@@ -146,8 +150,9 @@ class EmbeddedRedis:
         """
         if self.pid is not None:
             return self.url
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
+        private_dir(self.log_file.parent)
+        _private_files(self.data_dir)
         self._acquire_lock()
         try:
             self._start_on_some_port(self._binary or find_server_binary())
@@ -225,10 +230,12 @@ class EmbeddedRedis:
     def _launch(self, binary: Path) -> None:
         """Spawn the server with our options; the password travels on stdin."""
         assert self._lock_fd is not None
-        with open(self.log_file, "ab") as log:
+        log_fd = os.open(self.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with open(log_fd, "ab") as log:
+            # umask 077: the append-only files it writes are for this user only
             self._proc = subprocess.Popen(
                 [str(binary), "-", *self._options()], stdin=subprocess.PIPE, stdout=log,
-                stderr=log, cwd=self.data_dir, start_new_session=True,
+                stderr=log, cwd=self.data_dir, start_new_session=True, umask=0o077,
                 preexec_fn=die_with_parent(), pass_fds=(self._lock_fd,))
         assert self._proc.stdin is not None
         with contextlib.suppress(BrokenPipeError):  # it died at once; _wait_ready reports it
@@ -317,11 +324,11 @@ class EmbeddedRedis:
         self._lock_fd = fd
 
     def _publish_port(self) -> None:
-        """Write our port into the lock file so `running_url` can find a password-less server."""
+        """Write our port into the lock file so `running_url` can find the server (the port is
+        no secret; the password stays in its own 0600 file)."""
         assert self._lock_fd is not None
         os.ftruncate(self._lock_fd, 0)
-        if not self._password:
-            os.pwrite(self._lock_fd, str(self.port).encode(), 0)
+        os.pwrite(self._lock_fd, str(self.port).encode(), 0)
 
     def _release_lock(self) -> None:
         """Drop our hold on the lock (the server process, once gone, drops its own)."""
@@ -333,8 +340,8 @@ class EmbeddedRedis:
 def running_url(data_dir: Path) -> str | None:
     """The URL of an embedded Redis another owner is running on `data_dir`, else None.
 
-    Only password-less servers publish their port; a server being started right now may not
-    have published it yet.
+    The password, if the folder keeps one (`ensure_redis`), goes into the URL; a server being
+    started right now may not have published its port yet.
     """
     try:
         fd = os.open(Path(data_dir) / LOCK_NAME, os.O_RDONLY)
@@ -344,7 +351,11 @@ def running_url(data_dir: Path) -> str | None:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:  # held: a server runs; read the port it published
         port = os.read(fd, 16).decode(errors="replace").strip()
-        return f"redis://{HOST}:{port}/0" if port.isdigit() else None
+        if not port.isdigit():
+            return None
+        password = read_password(Path(data_dir) / PASSWORD_NAME)
+        auth = f":{quote(password, safe='')}@" if password else ""
+        return f"redis://{auth}{HOST}:{port}/0"
     finally:
         os.close(fd)  # also drops the shared lock if we got it
     return None
@@ -358,11 +369,25 @@ def ensure_redis(settings_redis_url: str | None,
     nothing starts. Otherwise, if another process (say a running `rcbatch run`) already serves
     STATE_DIR/redis, its URL is returned and nothing starts; else an EmbeddedRedis runs there
     on a free port, logging to STATE_DIR/logs/redis.log, and the caller must `stop()` it.
+    Either way the state folder is made private and the URL carries the folder's password
+    (see the module docstring): never print or log it.
     """
     if settings_redis_url and settings_redis_url.strip():
         return settings_redis_url, None
+    private_dir(state_dir)
+    private_dir(state_dir / "redis")
     shared = running_url(state_dir / "redis")
     if shared is not None:
         return shared, None
-    server = EmbeddedRedis(state_dir / "redis", log_file=state_dir / "logs" / "redis.log")
+    password = state_password(state_dir / "redis" / PASSWORD_NAME)
+    server = EmbeddedRedis(state_dir / "redis", password=password,
+                           log_file=state_dir / "logs" / "redis.log")
     return server.start(), server
+
+
+def _private_files(data_dir: Path) -> None:
+    """Files an older version left readable (append-only files, snapshots) set to 0600,
+    folders inside to 0700; only ours, one level deep and in appendonlydir."""
+    aof = data_dir / "appendonlydir"
+    for entry in [*data_dir.iterdir(), *(aof.iterdir() if aof.is_dir() else [])]:
+        chmod_if_ours(entry, 0o700 if entry.is_dir() else 0o600)
