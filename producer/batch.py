@@ -11,11 +11,18 @@ from pathlib import Path
 
 from rcbatch.config.prices import estimate
 from rcbatch.producer.spec import ItemSpec
+from rcbatch.producer.stdin import is_stdin
 from rcbatch.worker.state import NewItem, Registration, Store
 
 
 def default_name(paths: Sequence[Path]) -> str:
-    """A batch name for files given without --name: the same files give the same name."""
+    """A batch name for files given without --name: the same files give the same name.
+
+    Standard input (`-`) has no such identity: a submission reading it gets a fresh name,
+    so it never resumes (and adds to) an earlier, unrelated one.
+    """
+    if any(is_stdin(p) for p in paths):
+        return f"stdin-{secrets.token_hex(4)}"
     joined = "\n".join(str(p.resolve()) for p in paths)
     digest = hashlib.sha256(joined.encode()).hexdigest()[:8]
     stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in paths[0].stem)[:40]
@@ -49,7 +56,8 @@ def register_batch(store: Store, items: Sequence[ItemSpec], *, name: str, bucket
                          input=s.input, extra=_extra(s, prices)) for s in items)
     registration = store.register(bid, record, new_items, start=start)
     if start and (store.batch(bid) or {}).get("state") == "paused":
-        store.set_batch(bid, state="running", pause_reason="")  # submitting again resumes
+        # submitting again resumes, whatever paused it (an outage: its workers try again)
+        store.set_batch(bid, state="running", pause_kind="", pause_reason="")
     return registration
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import fakeredis
@@ -26,7 +27,8 @@ from rcbatch.worker.state import NewItem, Store
 MODEL = "bytedance/dreamina-4-0/text-to-image"
 
 
-STEPS = {"submit": submission.submit, "poll": polling.poll, "fetch": fetching.fetch}
+STEPS: dict[str, Callable[[Runtime, StepRef], None]] = {
+    "submit": submission.submit, "poll": polling.poll, "fetch": fetching.fetch}
 
 
 def ref(kind: str, args: tuple[Any, ...]) -> StepRef:

@@ -3,6 +3,10 @@
 Each stored output is recorded at once, so a fetch that is interrupted (a crash, a broken
 download) resumes with the outputs still missing. The bucket never shows a partial object
 under a final key (worker/bucket.py), and size and sha256 are computed on the way through.
+
+A bucket that cannot be reached or refuses us never fails an item either: the outputs are paid
+for and stay on the CDN for days, so the batch pauses for the outage (worker/runtime.py) and
+the fetch is tried again with a capped backoff until the bucket takes it.
 """
 
 from __future__ import annotations
@@ -18,10 +22,9 @@ from rcbatch.worker import keys
 from rcbatch.worker.bucket import object_key, safe_part
 from rcbatch.worker.pacing import backoff
 from rcbatch.worker.refs import PendingFetch, StepRef
-from rcbatch.worker.runtime import Runtime
+from rcbatch.worker.runtime import Runtime, outage_service
 
 _GONE_RETRIES = 3
-_BUCKET_WAIT = 30.0
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp",
                "image/gif": "gif", "video/mp4": "mp4", "video/webm": "webm",
                "video/quicktime": "mov"}
@@ -57,22 +60,30 @@ def store_outputs(rt: Runtime, fetch: PendingFetch) -> None:
     try:
         stored = _store_all(rt, rt.buckets(fetch.batch.get("bucket_url", "")), ref, fetch.item)
     except RetryLater as exc:
-        _retry(rt, fetch, exc, rt.limits.max_step_errors, exc.retry_after)
+        if outage_service(exc) == "bucket":
+            _bucket_down(rt, fetch, exc)
+        else:
+            _retry(rt, fetch, exc, rt.limits.max_step_errors, exc.retry_after)
+    except ServiceUnavailable as exc:  # the bucket refuses us (no such bucket, access denied)
+        _bucket_down(rt, fetch, exc)
     except OutputLost as exc:
         # A CDN may answer 404 for a moment after the job ends: a few tries, then it is lost.
         limit = 0 if exc.kind == "too_large" else _GONE_RETRIES
         _retry(rt, fetch, exc, limit, None)
-    except ServiceUnavailable as exc:
-        # The bucket refuses (no such bucket, access denied): the outputs are paid for and
-        # stay on the CDN for days, so hold the batch and keep the item until it is fixed.
-        rt.store.set_batch(ref.bid, state=keys.BATCH_PAUSED, pause_reason=exc.message)
-        _retry(rt, fetch, exc, 10**6, _BUCKET_WAIT)
     except (ItemFailed, RcbatchError) as exc:
         rt.finish(ref, expect=(keys.FETCHING,), to=keys.FAILED,
                   error={"kind": exc.kind, "message": exc.message})
     else:
+        rt.service_ok(ref.bid, "bucket", fetch.batch.get("state", ""))
         rt.finish(ref, expect=(keys.FETCHING,), to=keys.COMPLETED,
                   values={"outputs": json.dumps(stored)})
+
+
+def _bucket_down(rt: Runtime, fetch: PendingFetch, exc: RcbatchError) -> None:
+    """The bucket cannot take the outputs: pause the batch for the outage (at once when the
+    bucket refuses us: that needs a person) and try again later, without limit."""
+    rt.service_down(fetch.ref.bid, "bucket", exc, at_once=isinstance(exc, ServiceUnavailable))
+    _retry(rt, fetch, exc, None, getattr(exc, "retry_after", None), counter="outage_errors")
 
 
 def _store_all(rt: Runtime, bucket: Any, ref: StepRef,
@@ -134,11 +145,13 @@ def _extension(content_type: str, url: str) -> str:
     return guessed.lstrip(".")
 
 
-def _retry(rt: Runtime, fetch: PendingFetch, exc: RcbatchError, limit: int,
-           retry_after: float | None) -> None:
-    errors = int(fetch.item.get("step_errors", 0)) + 1
+def _retry(rt: Runtime, fetch: PendingFetch, exc: RcbatchError, limit: int | None,
+           retry_after: float | None, counter: str = "step_errors") -> None:
+    """Store the outputs again later, or fail the item once `counter` passed `limit`
+    (None: never)."""
+    errors = int(fetch.item.get(counter, 0)) + 1
     ref = fetch.ref
-    if errors > limit:
+    if limit is not None and errors > limit:
         kind = exc.kind if exc.kind == "too_large" else "output_lost"
         rt.finish(ref, expect=(keys.FETCHING,), to=keys.FAILED,
                   error={"kind": kind, "message": exc.message})
@@ -147,7 +160,7 @@ def _retry(rt: Runtime, fetch: PendingFetch, exc: RcbatchError, limit: int,
     now = rt.clock()
     ok, _ = rt.store.transition(
         ref, expect=(keys.FETCHING,), due=now + delay + rt.limits.step_grace,
-        values={"seq": ref.seq + 1, "deliveries": 0, "step_errors": errors,
+        values={"seq": ref.seq + 1, "deliveries": 0, counter: errors,
                 "last_error": exc.as_record()})
     if ok:
         rt.item_log(ref).warning("fetch_retry", kind=exc.kind, delay=round(delay, 2))

@@ -72,6 +72,11 @@ BATCH_PAUSED = "paused"
 BATCH_CANCELLED = "cancelled"
 BATCH_FINISHED = "finished"
 
+# Why a paused batch is paused (its `pause_kind`): `rcbatch run` exits 3 on an outage.
+PAUSE_OUTAGE = "outage"      # the API or the bucket could not be reached (worker/runtime.py)
+PAUSE_ACCOUNT = "account"    # the API refused the token or the account
+PAUSE_BUDGET = "budget"      # the batch's cost cap is reached
+
 
 def batch(bid: str) -> str:
     """The batch record's key."""

@@ -72,12 +72,12 @@ def retry_items(store: Store, bid: str, records: Iterable[dict[str, str]]) -> in
 
 def pause_batch(store: Store, bid: str, reason: str = "paused by the user") -> None:
     """Hold the batch's submissions; jobs already at the API are still polled and stored."""
-    store.set_batch(bid, state=keys.BATCH_PAUSED, pause_reason=reason)
+    store.set_batch(bid, state=keys.BATCH_PAUSED, pause_kind="user", pause_reason=reason)
 
 
 def resume_batch(store: Store, bid: str) -> bool:
     """Release a paused batch; False when it was not paused."""
     if (store.batch(bid) or {}).get("state") != keys.BATCH_PAUSED:
         return False
-    store.set_batch(bid, state=keys.BATCH_RUNNING, pause_reason="")
+    store.set_batch(bid, state=keys.BATCH_RUNNING, pause_kind="", pause_reason="")
     return True

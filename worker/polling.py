@@ -3,6 +3,10 @@
 Each poll carries the item's step sequence; `begin_step` lets only the copy whose sequence
 matches run, so a poll delivered twice (the Redis broker re-delivers countdowns that outlive
 its visibility timeout) or re-driven by the reconciler exits without rescheduling anything.
+
+A job's poll that cannot reach the API (an outage, worker/runtime.py's `outage_service`) is
+tried again with a capped backoff for as long as the outage lasts, never failing the job: it
+is paid for, and the first answer after the outage lifts the batch's pause.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from rcbatch.worker import keys
 from rcbatch.worker.fetching import store_outputs
 from rcbatch.worker.pacing import MAX_POLL_DELAY, SCOUTS, backoff
 from rcbatch.worker.refs import PendingFetch, StepRef
-from rcbatch.worker.runtime import Runtime
+from rcbatch.worker.runtime import Runtime, outage_service
 from rcbatch.worker.state import REMOVE, Step
 from rcbatch.worker.submission import dispatch
 
@@ -60,13 +64,18 @@ def poll(rt: Runtime, ref: StepRef | str, iid: str = "", seq: int = 0) -> None:
         _after_error(rt, ref, item, exc, exc.retry_after)
     except AccountError as exc:
         # Already paid for: keep polling, slowly, until the token works again.
-        rt.store.set_batch(ref.bid, state=keys.BATCH_PAUSED, pause_reason=exc.message)
+        rt.store.set_batch(ref.bid, state=keys.BATCH_PAUSED, pause_kind=keys.PAUSE_ACCOUNT,
+                           pause_reason=exc.message)
         _schedule(rt, ref, 30.0, {"last_error": exc.as_record()})
     except UnexpectedAnswer as exc:
         _after_error(rt, ref, item, exc, None)
-    except (ItemFailed, RcbatchError) as exc:
+    except ItemFailed as exc:
+        rt.service_ok(ref.bid, "api", step.batch.get("state", ""))  # it answered
+        rt.finish(ref, expect=_REMOTE, to=keys.FAILED, error=exc.as_record())
+    except RcbatchError as exc:
         rt.finish(ref, expect=_REMOTE, to=keys.FAILED, error=exc.as_record())
     else:
+        rt.service_ok(ref.bid, "api", step.batch.get("state", ""))
         _on_answer(rt, ref, step, answer)
 
 
@@ -170,7 +179,7 @@ def _still_waiting(rt: Runtime, ref: StepRef, item: dict[str, str], running: boo
     duration known) also sets the job's next own probe (Pacer.cold_wake); until then it
     only wakes up."""
     now = rt.clock()
-    values: dict[str, object] = {"+polls": 1, "step_errors": 0}
+    values: dict[str, object] = {"+polls": 1, "step_errors": 0, "outage_errors": 0}
     if running and not item.get("started_at"):
         values["started_at"] = now
     assert rt.pacer is not None
@@ -201,7 +210,8 @@ def _succeeded(rt: Runtime, ref: StepRef, step: Step, answer: ResultAnswer) -> N
     # keeps crashing fails in time; one handed to a fetch task instead is reset to 0.
     fetch = ref.next_seq()
     values: dict[str, object] = {"output_urls": json.dumps(urls), "seq": fetch.seq,
-                                 "deliveries": 1, "step_errors": 0, "+polls": 1,
+                                 "deliveries": 1, "step_errors": 0, "outage_errors": 0,
+                                 "+polls": 1,
                                  "remote_finished_at": now}
     if answer.cost is not None:
         values["cost"] = answer.cost
@@ -258,6 +268,14 @@ def _job_time(answer: ResultAnswer, item: dict[str, str], now: float) -> float:
 
 def _after_error(rt: Runtime, ref: StepRef, item: dict[str, str], exc: RcbatchError,
                  retry_after: float | None) -> None:
+    service = outage_service(exc)
+    if service is not None:
+        rt.service_down(ref.bid, service, exc)
+        outages = int(item.get("outage_errors", 0)) + 1
+        delay = backoff(outages, retry_after=retry_after)  # capped at MAX_POLL_DELAY
+        rt.item_log(ref).warning("poll_retry", kind=exc.kind, delay=round(delay, 2))
+        _schedule(rt, ref, delay, {"outage_errors": outages, "last_error": exc.as_record()})
+        return
     errors = int(item.get("step_errors", 0)) + 1
     if errors > rt.limits.max_step_errors * 4:
         rt.finish(ref, expect=_REMOTE, to=keys.FAILED, error=exc.as_record())

@@ -9,10 +9,30 @@ original copy exits as stale.
 
 from __future__ import annotations
 
+import asyncio
+
+from rcbatch.errors import RcbatchError
 from rcbatch.worker import keys
 from rcbatch.worker.refs import StepRef
-from rcbatch.worker.runtime import Runtime
+from rcbatch.worker.runtime import Runtime, outage_service
 from rcbatch.worker.submission import dispatch
+
+#: seconds between two probes of a service an outage pauses a batch for
+PROBE_EVERY = 15.0
+#: seconds between two probes of a service failing for a batch not paused yet (confirms it)
+PROBE_STREAK_EVERY = 5.0
+#: the longest a probe may take (a black-holed host must not hold the sweep)
+PROBE_TIMEOUT = 10.0
+#: a request id no job has: the API answers 404 for it, which proves it is up (free to ask)
+PROBE_REQUEST_ID = "rcbatch-probe"
+#: takes the batch's next probe when it is due (the record's `probe_at`), for one process
+_TAKE_PROBE = """
+if tonumber(redis.call('HGET', KEYS[1], 'probe_at') or '0') > tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'probe_at', ARGV[2])
+return 1
+"""
 
 
 def reconcile(rt: Runtime, limit: int = 500) -> int:
@@ -21,11 +41,62 @@ def reconcile(rt: Runtime, limit: int = 500) -> int:
     for bid, iid in rt.store.overdue(rt.clock(), limit):
         redriven += _redrive(rt, StepRef(bid, iid))
     start_due_batches(rt)
+    probe_outages(rt)
     dispatch(rt)
     for bid in rt.store.active_batches():
         if rt.store.is_finished(bid):
             rt.publisher.manifest(bid)
     return redriven
+
+
+def probe_outages(rt: Runtime) -> int:
+    """Ask the service an outage holds each batch for whether it answers again (one cheap
+    call per batch every PROBE_EVERY s, by whichever process gets there first), so a pause
+    lifts even when nothing of the batch is in flight; a batch whose calls have been failing
+    without a pause yet is probed too, which pauses it in time. Returns how many probed."""
+    probed = 0
+    for bid in rt.store.active_batches():
+        record = rt.store.batch(bid) or {}
+        service, every = _probe_target(record)
+        now = rt.clock()
+        if service is None or not rt.store.redis.eval(_TAKE_PROBE, 1, keys.batch(bid),
+                                                      repr(now), repr(now + every)):
+            continue
+        _probe(rt, bid, service, record)
+        probed += 1
+    return probed
+
+
+def _probe_target(record: dict[str, str]) -> tuple[str | None, float]:
+    """The service to probe for a batch record, and how often; (None, 0) for none."""
+    state = record.get("state")
+    if state == keys.BATCH_PAUSED and record.get("pause_kind") == keys.PAUSE_OUTAGE:
+        return record.get("outage_service") or "api", PROBE_EVERY
+    if state != keys.BATCH_RUNNING:
+        return None, 0.0
+    for service in ("api", "bucket"):
+        since = record.get(f"{service}_down_since")
+        if since and float(record.get(f"{service}_ok_at") or 0) < float(since):
+            return service, PROBE_STREAK_EVERY
+    return None, 0.0
+
+
+def _probe(rt: Runtime, bid: str, service: str, record: dict[str, str]) -> None:
+    """One cheap call to `service`; any answer that is not an outage counts as its return."""
+    try:
+        if service == "bucket":
+            rt.buckets(record.get("bucket_url", "")).exists(f"{bid}/manifest.jsonl")
+        else:
+            rt.run(asyncio.wait_for(rt.client.status(PROBE_REQUEST_ID), PROBE_TIMEOUT))
+    except TimeoutError:
+        rt.service_down(bid, service, RcbatchError("no answer in time", kind="deadline"))
+        return
+    except RcbatchError as exc:
+        if outage_service(exc) == service:
+            rt.service_down(bid, service, exc)
+            return
+    rt.service_ok(bid, service, record.get("state", ""))
+    rt.log.bind(batch_id=bid).debug("outage_probe", service=service)
 
 
 def _redrive(rt: Runtime, ref: StepRef) -> int:

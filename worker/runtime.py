@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -19,9 +20,11 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
+from rcbatch.errors import RateLimited, RcbatchError, RetryLater, TransportError
 from rcbatch.runcomfy.client import RunComfyClient
 from rcbatch.worker import keys
 from rcbatch.worker.bucket import Bucket
+from rcbatch.worker.bucket.base import REFUSED, UNAVAILABLE
 from rcbatch.worker.pacing import Pacer
 from rcbatch.worker.refs import PendingFetch, StepRef
 from rcbatch.worker.state import REMOVE, Store
@@ -29,6 +32,24 @@ from rcbatch.worker.state import REMOVE, Store
 T = TypeVar("T")
 #: manifest refreshes of a running batch: one per this many seconds per item (5 s to 30 s)
 MANIFEST_SECONDS_PER_ITEM = 0.015
+#: an outage-class failure this long after the first of its streak, with no answer from the
+#: service between, pauses the batch (one blip must not stop `rcbatch run`)
+OUTAGE_GRACE = 10.0
+#: a process records that a service answered a batch at most this often (one write, not one
+#: per call)
+OK_WRITE_EVERY = 2.0
+#: an outage pause lifts only if it is still one (a cancel or a user pause wins)
+_LIFT = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'paused'
+   or redis.call('HGET', KEYS[1], 'pause_kind') ~= 'outage'
+   or redis.call('HGET', KEYS[1], 'outage_service') ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', 'running', 'pause_kind', '', 'pause_reason', '',
+           'outage_service', '', ARGV[1] .. '_ok_at', ARGV[2])
+redis.call('HDEL', KEYS[1], ARGV[1] .. '_down_since')
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -118,6 +139,8 @@ class Runtime:
     #: set while a round runs its polls: the fetches of jobs found finished wait here until
     #: every poll of the round ran (worker/poll_timer.py); None: a poll fetches at once
     fetch_later: list[PendingFetch] | None = None
+    #: (batch, service) -> when this process last recorded that the service answered
+    ok_written: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.pacer is None:
@@ -168,6 +191,89 @@ class Runtime:
                 self.publisher.manifest(bid, countdown=every)
         if refill and self.refill is not None:
             self.refill(self)
+
+
+    def service_down(self, bid: str, service: str, exc: RcbatchError, *,
+                     at_once: bool = False) -> bool:
+        """Note that `service` ("api" or "bucket", see `outage_service`) could not be reached
+        for batch `bid`; pause the batch for the outage once that lasted OUTAGE_GRACE s with
+        no answer between (`at_once`: now). True when the batch is paused (for any reason)."""
+        now, name = self.clock(), keys.batch(bid)
+        state, since, ok = (_text_or_none(v) for v in self.store.redis.hmget(
+            name, "state", f"{service}_down_since", f"{service}_ok_at"))
+        if state != keys.BATCH_RUNNING:
+            return state == keys.BATCH_PAUSED
+        if since is None or float(ok or 0) >= float(since):  # a new streak of failures
+            self.store.redis.hset(name, f"{service}_down_since", repr(now))
+            since = repr(now)
+        if now - float(since) < OUTAGE_GRACE and not at_once:
+            return False
+        reason = self._outage_reason(bid, service, exc)
+        self.store.set_batch(bid, state=keys.BATCH_PAUSED, pause_kind=keys.PAUSE_OUTAGE,
+                             pause_reason=reason, outage_service=service)
+        self.log.bind(batch_id=bid).error("batch_paused", kind=keys.PAUSE_OUTAGE,
+                                          reason=reason)
+        return True
+
+    def service_ok(self, bid: str, service: str, batch_state: str) -> None:
+        """`service` answered a call made for batch `bid` (whose state the step read): end
+        its streak of failures, and lift the batch's pause if that service's outage held it."""
+        now = self.clock()
+        if batch_state == keys.BATCH_PAUSED and self.store.redis.eval(
+                _LIFT, 1, keys.batch(bid), service, repr(now)):
+            self.ok_written[(bid, service)] = now
+            self.log.bind(batch_id=bid).info("batch_resumed", service=service)
+            return
+        if now - self.ok_written.get((bid, service), 0.0) >= OK_WRITE_EVERY:
+            self.ok_written[(bid, service)] = now
+            self.store.redis.hset(keys.batch(bid), f"{service}_ok_at", repr(now))
+
+    def _outage_reason(self, bid: str, service: str, exc: RcbatchError) -> str:
+        """One line naming the service and its host, never the token."""
+        if service == "bucket":
+            url = (self.store.batch(bid) or {}).get("bucket_url", "") or "(default)"
+            verb = "refuses the outputs" if exc.kind == REFUSED else "is unreachable"
+            return f"the bucket {url} {verb} ({_cause(exc)})"
+        host = self.client.base_url.split("://", 1)[-1].split("/", 1)[0].rpartition("@")[2]
+        return f"the RunComfy API at {host} is unreachable ({_cause(exc)})"
+
+
+def outage_service(exc: BaseException) -> str | None:
+    """The service whose outage `exc` shows ("api" or "bucket"), or None: a connection or
+    timeout failure of an API call or a 5xx answer; the bucket unreachable or refusing us.
+    A 429 is rate limiting, a failed download the CDN's business: neither is an outage."""
+    if isinstance(exc, RateLimited) or not isinstance(exc, RcbatchError):
+        return None
+    if exc.kind in (UNAVAILABLE, REFUSED):
+        return "bucket"
+    if isinstance(exc, TransportError) and exc.kind != "download":
+        return "api"
+    if isinstance(exc, RetryLater) and exc.kind == "server_error":
+        return "api"
+    return None
+
+
+_CAUSES = (("refused", "connection refused"), ("connect call failed", "connection refused"),
+           ("name or service", "DNS lookup failed"), ("name resolution", "DNS lookup failed"),
+           ("nodename", "DNS lookup failed"), ("getaddrinfo", "DNS lookup failed"),
+           ("certificate", "TLS failure"), ("ssl", "TLS failure"),
+           ("connecttimeout", "connection timed out"), ("timed out", "timed out"),
+           ("reset", "connection reset"), ("disconnect", "connection lost"))
+
+
+def _cause(exc: RcbatchError) -> str:
+    """A few words on why a service could not be reached."""
+    text = exc.message.lower()
+    status = re.search(r"HTTP (5\d\d)", exc.message)
+    if status:
+        return f"HTTP {status.group(1)}"
+    if exc.kind == "deadline":
+        return "no answer in time"
+    for needle, cause in _CAUSES:
+        if needle in text:
+            return cause
+    first = exc.message.splitlines()[0] if exc.message else exc.kind
+    return first[:160]
 
 
 def manifest_every(total: int) -> float:

@@ -4,6 +4,10 @@ The API has no idempotency key, so an item is marked `submitting` (with a fresh 
 before the HTTP call. A submit that failed before the request left (connection refused, 429,
 5xx) goes back to `claimed` and is retried; one whose answer was lost after sending (read
 timeout, reset, a crash in between) becomes `submit_uncertain` and is never re-sent on its own.
+
+An unreachable API (worker/runtime.py's `outage_service`) never fails an item: its submits are
+retried without counting towards `max_step_errors` until the outage pauses the batch, and then
+go back to `pending`, to be sent once the pause lifts.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from rcbatch.errors import (
 from rcbatch.worker import keys
 from rcbatch.worker.pacing import MAX_POLL_DELAY, backoff
 from rcbatch.worker.refs import StepRef
-from rcbatch.worker.runtime import Runtime
+from rcbatch.worker.runtime import Runtime, outage_service
 from rcbatch.worker.state import REMOVE
 
 
@@ -110,7 +114,8 @@ def _within_budget(rt: Runtime, ref: StepRef, item: dict[str, str]) -> bool:
     record = rt.store.batch(ref.bid) or {}
     reason = (f"budget reached: ${float(record.get('reserved_cost') or 0):.2f} of "
               f"${float(record.get('max_cost') or 0):.2f} reserved; the rest stays pending")
-    rt.store.set_batch(ref.bid, state=keys.BATCH_PAUSED, pause_reason=reason)
+    rt.store.set_batch(ref.bid, state=keys.BATCH_PAUSED, pause_kind=keys.PAUSE_BUDGET,
+                       pause_reason=reason)
     _back_to_pending(rt, ref, keys.CLAIMED)
     return False
 
@@ -170,6 +175,7 @@ def _send(rt: Runtime, ref: StepRef, item: dict[str, str]) -> None:
         _refund(rt, ref)  # refused: no job, no cost
         rt.finish(ref, expect=(keys.SUBMITTING,), to=keys.FAILED, error=exc.as_record())
     else:
+        rt.service_ok(ref.bid, "api", keys.BATCH_RUNNING)
         _accepted(rt, ref, answer.request_id, item["model"])
         log.info("item_submitted", request_id=answer.request_id, state=keys.SUBMITTED)
 
@@ -183,17 +189,25 @@ def _accepted(rt: Runtime, ref: StepRef, request_id: str, model: str) -> None:
         ref, expect=(keys.SUBMITTING,), to=keys.SUBMITTED,
         due=now + hop + rt.limits.step_grace, inflight=now + rt.limits.slot_lease,
         values={"request_id": request_id, "submitted_at": now, "seq": 1, "deliveries": 0,
-                "polls": 0, "step_errors": 0, "poll_at": now + delay})
+                "polls": 0, "step_errors": 0, "outage_errors": 0, "poll_at": now + delay})
     if ok:
         rt.publisher.poll(ref.bid, ref.iid, 1, countdown=hop)
 
 
 def _retry_submit(rt: Runtime, ref: StepRef, exc: RetryLater) -> None:
     item = rt.store.item(ref.bid, ref.iid) or {}
-    errors = int(item.get("step_errors", 0)) + 1
+    service = outage_service(exc)
+    if service is not None and rt.service_down(ref.bid, service, exc):
+        # Never sent, and the batch waits for the API: the item waits too, without its slot.
+        _refund(rt, ref)
+        _back_to_pending(rt, ref, keys.SUBMITTING)
+        return
+    # An outage's failures are counted apart: they only space the retries out.
+    counter = "step_errors" if service is None else "outage_errors"
+    errors = int(item.get(counter, 0)) + 1
     if isinstance(exc, RateLimited):
         rt.store.cool_down(exc.retry_after or 5.0)
-    if errors > rt.limits.max_step_errors:
+    if service is None and errors > rt.limits.max_step_errors:
         _refund(rt, ref)
         rt.finish(ref, expect=(keys.SUBMITTING,), to=keys.FAILED, error=exc.as_record())
         return
@@ -202,8 +216,7 @@ def _retry_submit(rt: Runtime, ref: StepRef, exc: RetryLater) -> None:
     ok, _ = rt.store.transition(
         ref, expect=(keys.SUBMITTING,), to=keys.CLAIMED,
         due=rt.clock() + delay + rt.limits.claim_due,
-        values={"step_errors": errors, "last_error": exc.as_record(),
-                "deliveries": 0})
+        values={counter: errors, "last_error": exc.as_record(), "deliveries": 0})
     if ok:
         rt.item_log(ref).warning("submit_retry", kind=exc.kind, delay=round(delay, 2))
         rt.publisher.submit(ref.bid, ref.iid, token, countdown=delay)
@@ -216,5 +229,6 @@ def _uncertain(rt: Runtime, ref: StepRef, message: str) -> None:
 
 def pause_batch(rt: Runtime, bid: str, exc: AccountError) -> None:
     """Hold a batch's submissions after the API refused the token or the account."""
-    rt.store.set_batch(bid, state=keys.BATCH_PAUSED, pause_reason=exc.message or exc.kind)
+    rt.store.set_batch(bid, state=keys.BATCH_PAUSED, pause_kind=keys.PAUSE_ACCOUNT,
+                       pause_reason=exc.message or exc.kind)
     rt.log.bind(batch_id=bid).error("batch_paused", kind=exc.kind, reason=exc.message)
