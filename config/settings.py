@@ -6,12 +6,27 @@ needs) down through constructors; nothing below the edge reads the environment i
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rcbatch.errors import InputError
+
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net"
+
+
+def default_state_dir() -> Path:
+    """The per-user state folder: `$XDG_STATE_HOME/rcbatch`, else `~/.local/state/rcbatch`.
+
+    Per user, not per working directory, so `status`, `cancel` and `ls` find a batch from
+    any folder.
+    """
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "rcbatch"
 
 
 class Settings(BaseSettings):
@@ -27,8 +42,9 @@ class Settings(BaseSettings):
     bucket_url: str | None = Field(
         default=None, description="file:///abs/path or s3://bucket/prefix; unset: STATE_DIR/bucket")
     s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint URL")
-    state_dir: Path = Field(default=Path(".rcbatch"),
-                            description="embedded Redis data and logs of processes `run` starts")
+    state_dir: Path = Field(default_factory=default_state_dir,
+                            description="embedded Redis data, logs of the processes `run` "
+                                        "starts, the default bucket; per user by default")
 
     max_in_flight: int = Field(default=32, ge=1,
                                description="remote jobs in flight at once, across all workers")
@@ -56,6 +72,18 @@ class Settings(BaseSettings):
     schedules_file: Path | None = Field(
         default=None, description="JSON list of recurring runs (worker/schedules.py)")
 
+    @field_validator("runcomfy_base_url")
+    @classmethod
+    def _token_only_over_https(cls, value: str) -> str:
+        """The token rides in every request's header: never in clear off this machine."""
+        url = urlsplit(value)
+        if url.scheme == "https" and url.hostname:
+            return value
+        if url.scheme == "http" and _is_loopback_host(url.hostname or ""):
+            return value  # the local simulator
+        raise ValueError(f"{_without_userinfo(value)!r} is not https: the API token would "
+                         f"travel in clear (plain http only on loopback, for the simulator)")
+
     @field_validator("state_dir")
     @classmethod
     def _absolute_state_dir(cls, value: Path) -> Path:
@@ -73,6 +101,50 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read the settings once; keyword overrides (from CLI flags) win over the environment."""
+    """Read the settings once; keyword overrides (from CLI flags) win over the environment.
+
+    A bad setting is an InputError (exit 2) naming it. A `.env` in the current folder may set
+    anything, but it may not send a token that comes from elsewhere to another API: a shared
+    folder's `.env` could otherwise collect the token of whoever runs rcbatch there.
+    """
     clean = {k: v for k, v in overrides.items() if v is not None}
-    return Settings(**clean)  # type: ignore[arg-type]
+    try:
+        settings = Settings(**clean)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = "RCBATCH_" + "_".join(str(p) for p in error["loc"]).upper()
+        raise InputError(f"{name}: {error['msg'].removeprefix('Value error, ')}") from None
+    _refuse_foreign_api_from_dotenv()
+    return settings
+
+
+def _refuse_foreign_api_from_dotenv(path: Path = Path(".env")) -> None:
+    if not path.is_file():
+        return
+    from dotenv import dotenv_values  # pydantic-settings' own .env reader
+
+    found = {k.upper(): v for k, v in dotenv_values(path).items()}
+    moves_api = "RCBATCH_RUNCOMFY_BASE_URL" in found and (
+        "RCBATCH_RUNCOMFY_BASE_URL" not in os.environ)
+    token_elsewhere = "RCBATCH_RUNCOMFY_API_TOKEN" not in found and (
+        "RCBATCH_RUNCOMFY_API_TOKEN" in os.environ)
+    if moves_api and token_elsewhere:
+        raise InputError(f"{path.absolute()} sets RCBATCH_RUNCOMFY_BASE_URL but your token "
+                         f"comes from the environment; set both in the same place (refusing "
+                         f"to send the token to an API a folder's .env chose)")
+
+
+def _is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost, as a URL's host names them (the usual spellings)."""
+    if host.rstrip(".").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2], query="",
+                          fragment="").geturl()

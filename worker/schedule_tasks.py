@@ -10,9 +10,10 @@ from typing import Any
 
 import structlog
 
+from rcbatch.runcomfy.addresses import is_loopback_url
 from rcbatch.worker.celery_app import app
 from rcbatch.worker.runtime import Runtime
-from rcbatch.worker.schedules import Schedule, fetch_spec, fire_due, load_schedules
+from rcbatch.worker.schedules import Schedule, fire_due, load_schedules, spec_file
 
 log = structlog.get_logger("rcbatch.schedules")
 
@@ -23,8 +24,11 @@ def start_scheduled_run(rt: Runtime, settings: Any, schedule: Schedule, name: st
     from rcbatch.producer.spec import read_and_check
     from rcbatch.worker.submission import dispatch
 
-    path = fetch_spec(schedule.spec, rt.buckets)
-    checked = read_and_check([path])
+    # as `rcbatch submit` checks: plain-http image URLs only when the API is the simulator
+    loopback = is_loopback_url(settings.runcomfy_base_url)
+    with spec_file(schedule.spec, rt.buckets) as path:
+        checked = read_and_check([path], allow_loopback_http=loopback,
+                                 max_items=settings.max_items)
     checked.raise_if_invalid()
     reg = register_batch(rt.store, checked.items, name=name,
                          bucket_url=settings.resolved_bucket_url(), sources=[schedule.spec])

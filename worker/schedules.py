@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,13 +87,17 @@ def fire_due(redis: Any, schedules: Sequence[Schedule], now: float,
     return started
 
 
-def fetch_spec(spec: str, open_bucket: Callable[[str], Any]) -> Path:
-    """A local path for a spec given as a path or as a bucket URL (downloaded to a temp file)."""
+@contextmanager
+def spec_file(spec: str, open_bucket: Callable[[str], Any]) -> Iterator[Path]:
+    """A local path for a spec given as a path or as a bucket URL; a downloaded copy lives in
+    a temp file only while the block runs (a nightly schedule must not fill /tmp)."""
     if "://" not in spec or spec.startswith("file://"):
-        return Path(spec.removeprefix("file://"))
+        yield Path(spec.removeprefix("file://"))
+        return
     folder, _, name = spec.rpartition("/")
     data = open_bucket(folder).get_bytes(name)
     suffix = Path(name).suffix or ".jsonl"
-    with tempfile.NamedTemporaryFile("wb", suffix=suffix, delete=False) as handle:
+    with tempfile.NamedTemporaryFile("wb", suffix=suffix) as handle:
         handle.write(data)
-    return Path(handle.name)
+        handle.flush()
+        yield Path(handle.name)
