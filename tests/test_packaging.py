@@ -34,10 +34,21 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel `pip wheel <checkout>` builds."""
+    """The wheel `pip wheel` builds from a copy of the checkout's tracked files (setuptools
+    would otherwise reuse a stale build/ folder of the checkout)."""
+    source = tmp_path_factory.mktemp("source") / "rcbatch"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                             check=True).stdout.decode().split("\0")
+    for name in filter(None, tracked):
+        target = source / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT / name).is_symlink():  # the layer links rcbatch/worker -> ../worker, ...
+            target.symlink_to(os.readlink(ROOT / name))
+        elif (ROOT / name).exists():
+            shutil.copy2(ROOT / name, target)
     dist = tmp_path_factory.mktemp("dist")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist),
-                    str(ROOT)], check=True, env=_clean_env())
+                    str(source)], check=True, env=_clean_env())
     (found,) = dist.glob("rcbatch-*.whl")
     return found
 

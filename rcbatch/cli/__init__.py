@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("cmd_run", "run", "Validate, submit and run FILEs to the end, with live progress."),
     "submit": ("cmd_validate", "submit", "Validate FILEs and register a batch for workers."),
     "validate": ("cmd_validate", "validate", "Check every row of FILEs; enqueue nothing."),
+    "ls": ("cmd_batch", "ls", "The batches this Redis knows, newest first."),
     "status": ("cmd_batch", "status", "Counts per state of BATCH (an id or a name)."),
     "watch": ("cmd_batch", "watch", "Live progress of BATCH until it is finished."),
     "manifest": ("cmd_batch", "manifest", "(Re)write BATCH's manifest and print its URL."),

@@ -8,9 +8,7 @@ and stops everything it started.
 
 from __future__ import annotations
 
-import secrets
 import shlex
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +22,10 @@ from rcbatch.cli.cmd_validate import (
     print_problems,
     spec_options,
 )
-from rcbatch.cli.embedded_redis import ensure_redis
-from rcbatch.cli.logs import configure_logging
-from rcbatch.cli.progress import follow, summary
-from rcbatch.cli.supervisor import Supervisor
+from rcbatch.cli.logs import log_to_file, warnings_line
+from rcbatch.cli.session import session, token_for
+from rcbatch.cli.waiting import outputs_folder, wait_for
 from rcbatch.config import Settings, load_settings
-from rcbatch.errors import InputError
 
 
 @click.command()
@@ -51,10 +47,9 @@ def run(files: tuple[Path, ...], simulate: bool, simulate_args: str, bucket_url:
         no_preflight: bool) -> None:
     """Run FILES end to end and wait until every item is done."""
     settings = load_settings(bucket_url=bucket_url)
-    token = settings.token_value() or (f"sim-{secrets.token_hex(8)}" if simulate else None)
-    if not token:
-        raise InputError("RCBATCH_RUNCOMFY_API_TOKEN is not set (or use --simulate)")
-    configure_logging(level=settings.log_level, secrets=[token])
+    token = token_for(settings, simulate=simulate)
+    log_path = settings.state_dir / "logs" / "run.log"
+    counter = log_to_file(log_path, level=settings.log_level, secrets=[token])
     preflight = not no_preflight and not simulate
     if simulate and not no_preflight:
         click.echo("preflight skipped: the simulated API does not fetch input images", err=True)
@@ -73,6 +68,9 @@ def run(files: tuple[Path, ...], simulate: bool, simulate_args: str, bucket_url:
         click.echo(f"\nrcbatch: interrupted; the batch is saved. Resume with the same command "
                    f"(batch name {batch_name!r}).", err=True)
         raise SystemExit(130) from None
+    warned = warnings_line(counter, log_path)
+    if warned:
+        click.echo(warned, err=True)
     raise SystemExit(code)
 
 
@@ -80,68 +78,21 @@ def _run(settings: Settings, token: str, items: list[Any], batch_name: str,
          files: tuple[Path, ...], simulate: bool, sim_options: list[str], workers: int,
          concurrency: int, max_cost: float | None) -> int:
     from rcbatch.producer.batch import register_batch
-    from rcbatch.worker.celery_app import configure
     from rcbatch.worker.reconciler import redrive_batch
-    from rcbatch.worker.state import Store
-    from rcbatch.worker.tasks import CeleryPublisher, refresh_manifest
-    from rcbatch.worker.wiring import build_runtime, check_redis, redis_client
 
-    with ExitStack() as stack:
-        redis_url, server = ensure_redis(settings.redis_url, settings.state_dir)
-        if server is not None:
-            stack.callback(server.stop)
-        client = redis_client(redis_url)
-        check_redis(client)
-        sup = Supervisor(settings.state_dir / "logs", _child_env(settings, redis_url, token))
-        stack.callback(sup.stop)
-        base_url = settings.runcomfy_base_url
-        if simulate:
-            # The token goes through the environment, never the command line (ps shows it).
-            sup.env = {**sup.env, "RCBATCH_SIMULATOR_TOKEN": token}
-            base_url = sup.start_simulator(sim_options)
-            sup.env = {**sup.env, "RCBATCH_RUNCOMFY_BASE_URL": base_url}
-        run_settings = settings.model_copy(update={"redis_url": redis_url,
-                                                   "runcomfy_base_url": base_url})
-        sup.start_workers(workers, concurrency,
-                          beat_schedule=settings.state_dir / "celerybeat-schedule")
-        store = Store(client)
-        reg = register_batch(store, items, name=batch_name,
+    with session(settings, token, simulate=simulate, workers=workers, concurrency=concurrency,
+                 sim_options=sim_options) as ses:
+        reg = register_batch(ses.store, items, name=batch_name,
                              bucket_url=settings.resolved_bucket_url(),
                              sources=[str(f) for f in files], max_cost=max_cost,
                              prices=settings.prices)
+        if simulate:  # `retry --wait` and `resume --wait` start the simulator for it again
+            ses.store.set_batch(reg.batch_id, simulated="1")
         click.echo(f"batch {reg.batch_id} ({batch_name}): {reg.added} new items, "
-                   f"{reg.existing} already known", err=True)
-        configure(run_settings)
-        publisher = CeleryPublisher()
-        rt = build_runtime(run_settings, publisher)
+                   f"{reg.existing} already known; outputs go to "
+                   f"{outputs_folder(settings, reg.batch_id)}", err=True)
+        rt = ses.runtime()
         if reg.existing:
             redrive_batch(rt, reg.batch_id)  # resuming: pick up in-flight items at once
-        publisher.dispatch()
-        counts = follow(store, reg.batch_id, tick=sup.check)
-        url = refresh_manifest(rt, reg.batch_id)
-        record = store.batch(reg.batch_id) or {}
-        if record.get("state") == "paused":
-            click.echo(f"rcbatch: batch paused: {record.get('pause_reason')}; fix it and run "
-                       f"the same command again to resume", err=True)
-        click.echo(f"done: {summary(counts)}", err=True)
-        click.echo(f"manifest: {url}")
-        total = sum(counts.values())
-        return 0 if counts["completed"] == total else 1
-
-
-def _child_env(settings: Settings, redis_url: str, token: str) -> dict[str, str]:
-    import os
-
-    env = dict(os.environ)
-    env.update({
-        "RCBATCH_REDIS_URL": redis_url,
-        "RCBATCH_RUNCOMFY_API_TOKEN": token,
-        "RCBATCH_RUNCOMFY_BASE_URL": settings.runcomfy_base_url,
-        "RCBATCH_BUCKET_URL": settings.resolved_bucket_url(),
-        "RCBATCH_STATE_DIR": str(settings.state_dir),
-        "RCBATCH_MAX_IN_FLIGHT": str(settings.max_in_flight),
-        "RCBATCH_SUBMIT_RATE": str(settings.submit_rate),
-    })
-    if settings.s3_endpoint_url:
-        env["RCBATCH_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
-    return env
+        rt.publisher.dispatch()
+        return wait_for(ses, rt, reg.batch_id, settings)

@@ -16,9 +16,10 @@ from rcbatch.config import Settings, load_settings
 from rcbatch.errors import InputError, Problem, ValidationFailed
 from rcbatch.producer.batch import estimate_total
 from rcbatch.producer.spec import CheckResult, ItemSpec, read_and_check
+from rcbatch.runcomfy.addresses import is_loopback_url
 
 files_argument = click.argument("files", nargs=-1, required=True,
-                                type=click.Path(path_type=Path, dir_okay=False))
+                                type=click.Path(path_type=Path, allow_dash=True))
 model_option = click.option("--model", "default_model", metavar="MODEL",
                             help="Model for rows that do not name one.")
 preflight_option = click.option("--no-preflight", is_flag=True,
@@ -73,27 +74,22 @@ def check_files(files: Sequence[Path], *, default_model: str | None, preflight: 
     loopback (the simulator), which is the only API that could fetch them.
     """
     for path in files:
-        if not path.is_file():
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder; name the CSV or JSONL files in it")
+        if not path.is_file() and str(path) != "-":
             raise InputError(f"{path}: no such file")
     expansion = expansion or Expansion({}, None)
     loopback = simulated or is_loopback_url(settings.runcomfy_base_url)
     result = read_and_check(list(files), default_model=default_model,
                             allow_loopback_http=loopback, sweep=expansion.sweep,
-                            repeat=expansion.repeat)
-    problems, warnings = list(result.problems), list(result.warnings)
-    if preflight and not problems:
-        found = run_preflight(result.items, settings)
-        problems += found["error"]
-        warnings += found["warning"]
-    if problems:
-        raise ValidationFailed(problems)
-    return Checked(list(result.items), warnings, _by_model(result))
-
-
-def is_loopback_url(url: str) -> bool:
-    """True for URLs on 127.0.0.0/8, localhost or ::1."""
-    host = (httpx.URL(url).host or "").lower()
-    return host in ("localhost", "::1") or host.startswith("127.")
+                            repeat=expansion.repeat, max_items=settings.max_items)
+    if preflight and not result.problems:
+        found = run_preflight(result.items, settings, allow_loopback_http=loopback)
+        # one line per problem a row's items share, with their count
+        result.add_problems(found["error"], found["warning"])
+    if result.problems:
+        raise ValidationFailed(list(result.problems))
+    return Checked(list(result.items), list(result.warnings), _by_model(result))
 
 
 def _by_model(result: CheckResult) -> dict[str, int]:
@@ -103,16 +99,23 @@ def _by_model(result: CheckResult) -> dict[str, int]:
     return counts
 
 
-def run_preflight(items: Sequence[ItemSpec], settings: Settings) -> dict[str, list[Problem]]:
-    """Fetch each input image's header and check it: {"error": [...], "warning": [...]}."""
+def run_preflight(items: Sequence[ItemSpec], settings: Settings, *,
+                  allow_loopback_http: bool = False) -> dict[str, list[Problem]]:
+    """Fetch each input image's header and check it: {"error": [...], "warning": [...]}.
+
+    Every URL and every redirect hop goes through the address policy
+    (`rcbatch.runcomfy.addresses`): nothing on this machine or a private network is fetched,
+    except loopback when the API itself is the local simulator (`allow_loopback_http`).
+    """
     from rcbatch.runcomfy.catalogue import Issue
     from rcbatch.runcomfy.preflight import Preflight
 
     async def go() -> list[list[Issue]]:
         timeout = httpx.Timeout(connect=settings.http_connect_timeout, read=20.0, write=20.0,
                                 pool=30.0)
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client:
-            checker = Preflight(client, concurrency=settings.preflight_concurrency)
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            checker = Preflight(client, concurrency=settings.preflight_concurrency,
+                                allow_loopback_http=allow_loopback_http)
             return await checker.check_rows([(i.model, i.input) for i in items])
 
     found: dict[str, list[Problem]] = {"error": [], "warning": []}
@@ -175,9 +178,11 @@ def validate(files: tuple[Path, ...], default_model: str | None, no_preflight: b
 @click.option("--at", "at", metavar="WHEN", help="Start at this time (HH:MM or ISO 8601).")
 @max_cost_option
 @click.option("--json", "as_json", is_flag=True, help="Print {batch_id, items} as JSON.")
+@click.option("--wait", is_flag=True,
+              help="Start workers here (like `run`) and wait until the batch ends.")
 def submit(files: tuple[Path, ...], default_model: str | None, no_preflight: bool,
            sweeps: tuple[str, ...], repeat: int | None, name: str | None, at: str | None,
-           max_cost: float | None, as_json: bool) -> None:
+           max_cost: float | None, as_json: bool, wait: bool) -> None:
     """Validate FILES and register a batch for running workers; returns at once."""
     from rcbatch.cli.schedule import parse_when
     from rcbatch.producer.batch import default_name, register_batch
@@ -200,9 +205,17 @@ def submit(files: tuple[Path, ...], default_model: str | None, no_preflight: boo
                          bucket_url=settings.resolved_bucket_url(),
                          sources=[str(f) for f in files], start=start_at is None,
                          start_at=start_at, max_cost=max_cost, prices=settings.prices)
-    configure(settings)
-    CeleryPublisher().dispatch()
     if as_json:
         click.echo(json.dumps({"batch_id": reg.batch_id, "items": len(checked.items)}))
     else:
         click.echo(reg.batch_id)
+    if wait:
+        from rcbatch.cli.waiting import wait_here
+
+        raise SystemExit(wait_here(settings, reg.batch_id))
+    app = configure(settings)
+    CeleryPublisher().dispatch()
+    if not app.control.ping(timeout=1.0, limit=1):
+        click.echo("rcbatch: no worker is serving this Redis yet, so nothing runs: start "
+                   "`rcbatch worker` (any number, on any machine), or submit with --wait",
+                   err=True)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections import Counter
 from collections.abc import Iterable, MutableMapping
+from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
@@ -43,8 +45,22 @@ class Redactor:
         return value
 
 
+class LevelCounter:
+    """A structlog processor that counts events per level (for a run's closing summary)."""
+
+    def __init__(self) -> None:
+        self.seen: Counter[str] = Counter()
+
+    def __call__(self, _logger: Any, name: str,
+                 event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        """Count the event and pass it on unchanged."""
+        self.seen[name] += 1
+        return event
+
+
 def configure_logging(*, level: str = "INFO", secrets: Iterable[str] = (),
-                      stream: TextIO | None = None, json: bool | None = None) -> None:
+                      stream: TextIO | None = None, json: bool | None = None,
+                      counter: LevelCounter | None = None) -> None:
     """Set up structlog (and the stdlib root logger it writes through) once per process."""
     stream = stream or sys.stderr
     as_json = (not stream.isatty()) if json is None else json
@@ -57,6 +73,7 @@ def configure_logging(*, level: str = "INFO", secrets: Iterable[str] = (),
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             Redactor(secrets),
+            *([counter] if counter else []),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
@@ -90,3 +107,21 @@ class _StdlibRedactor(logging.Filter):
                 message = message.replace(secret, REDACTED)
             record.msg, record.args = message, None
         return True
+
+
+def log_to_file(path: Path, *, level: str, secrets: Iterable[str]) -> LevelCounter:
+    """Send this process's log events to `path` (JSON lines), never over a progress bar;
+    the returned counter tells the command how many warnings to sum up at its end."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    counter = LevelCounter()
+    configure_logging(level=level, secrets=secrets, json=True, counter=counter,
+                      stream=path.open("a", encoding="utf-8"))
+    return counter
+
+
+def warnings_line(counter: LevelCounter, path: Path) -> str | None:
+    """`N warnings logged to PATH ...`, or None when there were none."""
+    warned = counter.seen["warning"] + counter.seen["error"]
+    if not warned:
+        return None
+    return f"{warned} warnings logged to {path} (the workers' logs are beside it)"

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from rcbatch.cli.outcome import stopped_early
 from rcbatch.worker import keys
 from rcbatch.worker.state import Store
 
@@ -33,7 +34,8 @@ def summary(counts: dict[str, int]) -> str:
 
 def follow(store: Store, bid: str, *, stream: TextIO | None = None, interval: float = 0.5,
            tick: Callable[[], None] | None = None, timeout: float | None = None) -> dict[str, int]:
-    """Show progress until the batch is finished (or `timeout`); returns the last counts.
+    """Show progress until every item is terminal, or the batch is paused and will not move
+    by itself (`outcome.stopped_early`), or `timeout`; returns the last counts.
 
     `tick` runs on every refresh (the `run` command supervises its processes there).
     """
@@ -45,20 +47,16 @@ def follow(store: Store, bid: str, *, stream: TextIO | None = None, interval: fl
             record = store.batch(bid) or {}
             counts = store.counts(bid)
             view.update(int(record.get("total", 0)), counts)
-            state = batch_state(record, counts)
-            if state in ("finished", "cancelled") or _stalled_by_pause(record, counts):
+            total = int(record.get("total", 0))
+            # a cancelled batch is followed too until its paid-for jobs have ended
+            if sum(counts[s] for s in TERMINAL) >= total or stopped_early(store, bid, record,
+                                                                           counts):
                 return counts
             if deadline is not None and time.monotonic() > deadline:
                 return counts
             if tick:
                 tick()
             time.sleep(interval)
-
-
-def _stalled_by_pause(record: dict[str, str], counts: dict[str, int]) -> bool:
-    """A paused batch with nothing left at the API will not move until someone resumes it."""
-    return record.get("state") == keys.BATCH_PAUSED and not (
-        counts["submitted"] or counts["running"])
 
 
 class _View:

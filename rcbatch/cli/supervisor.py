@@ -51,9 +51,10 @@ class Supervisor:
     children: list[Child] = field(default_factory=list)
     _logs: list[IO[bytes]] = field(default_factory=list)
 
-    def start_simulator(self, options: Sequence[str], timeout: float = 20.0) -> str:
-        """Start `rcbatch simulate` on a free loopback port; returns its base URL."""
-        argv = [sys.executable, "-m", "rcbatch", "simulate", "--port", "0", *options]
+    def start_simulator(self, options: Sequence[str], timeout: float = 20.0,
+                        port: int = 0) -> str:
+        """Start `rcbatch simulate` on loopback (`port` 0: a free one); returns its base URL."""
+        argv = [sys.executable, "-m", "rcbatch", "simulate", "--port", str(port), *options]
         child = Child("simulator", argv, dict(self.env), self.log_dir / "simulator.log")
         proc = subprocess.Popen(argv, env=child.env, stdout=subprocess.PIPE,
                                 stderr=self._open_log(child.log_path),
@@ -70,7 +71,10 @@ class Supervisor:
     def start_workers(self, count: int, concurrency: int, *, beat_schedule: Path) -> None:
         """Start `count` Celery workers; the first also runs beat (the reconciler's clock)."""
         for n in range(count):
-            argv = [sys.executable, "-m", "rcbatch", "worker", "--concurrency", str(concurrency),
+            # Celery warns a root user once per process start; the user of `run` did not
+            # choose how the workers run, so the warning would only be noise in their logs.
+            argv = [sys.executable, "-W", "ignore::celery.exceptions.SecurityWarning",
+                    "-m", "rcbatch", "worker", "--concurrency", str(concurrency),
                     "--hostname", f"run{n}-{os.getpid()}@%h", "--without-gossip",
                     "--without-mingle"]
             if n == 0:
