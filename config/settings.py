@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO")
     prices: dict[str, float] = Field(
         default_factory=dict, description="USD per job by model id, over config/prices.py's")
+    retention: float = Field(
+        default=3 * 86400, gt=0,
+        description="seconds a finished batch's records stay in Redis; then only a small "
+                    "tombstone is left (its manifest stays in the bucket)")
+    models_dir: Path | None = Field(
+        default=None, description="models added with `rcbatch models add`; unset: "
+                                  "STATE_DIR/models")
     schedules_file: Path | None = Field(
         default=None, description="JSON list of recurring runs (worker/schedules.py)")
 
@@ -88,6 +95,10 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_state_dir(cls, value: Path) -> Path:
         return value.expanduser().absolute()
+
+    def resolved_models_dir(self) -> Path:
+        """Where `rcbatch models add` keeps the user's models."""
+        return (self.models_dir or self.state_dir / "models").expanduser().absolute()
 
     def resolved_bucket_url(self) -> str:
         """The bucket URL, defaulting to a `bucket` folder inside the state folder."""
