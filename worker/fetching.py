@@ -12,10 +12,8 @@ the fetch is tried again with a capped backoff until the bucket takes it.
 from __future__ import annotations
 
 import json
-import mimetypes
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlparse
 
 from rcbatch.errors import ItemFailed, OutputLost, RcbatchError, RetryLater, ServiceUnavailable
 from rcbatch.worker import keys
@@ -25,9 +23,13 @@ from rcbatch.worker.refs import PendingFetch, StepRef
 from rcbatch.worker.runtime import Runtime, outage_service
 
 _GONE_RETRIES = 3
+#: the only types stored under their own extension: anything else (text/html, image/svg+xml,
+#: application/javascript ...) would be served beside index.html, on its origin, and linked
+#: from it, so it is stored as inert bytes and flagged in the manifest
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp",
-               "image/gif": "gif", "video/mp4": "mp4", "video/webm": "webm",
-               "video/quicktime": "mov"}
+               "image/gif": "gif", "image/avif": "avif", "video/mp4": "mp4",
+               "video/webm": "webm", "video/quicktime": "mov"}
+_INERT = "application/octet-stream"
 
 
 def fetch(rt: Runtime, ref: StepRef | str, iid: str = "", seq: int = 0) -> None:
@@ -125,24 +127,18 @@ class _Heartbeat:
 async def _store_one(rt: Runtime, bucket: Any, ref: StepRef, n: int,
                      url: str, beat: _Heartbeat) -> dict[str, Any]:
     async with rt.client.download(url) as download:
-        content_type = (download.content_type or "application/octet-stream").split(";")[0]
-        key = object_key(ref.bid, safe_part(ref.iid), f"{n}.{_extension(content_type, url)}")
+        announced = (download.content_type or _INERT).split(";")[0].strip().lower()
+        extension = _EXTENSIONS.get(announced, "bin")
+        key = object_key(ref.bid, safe_part(ref.iid), f"{n}.{extension}")
         obj = await bucket.put_stream(key, beat.wrap(download.aiter_bytes()),
-                                      content_type=content_type,
+                                      content_type=announced if extension != "bin" else _INERT,
                                       expected_size=download.content_length,
                                       max_bytes=rt.limits.max_output_bytes)
-    return {"index": n, "key": obj.key, "bytes": obj.bytes, "sha256": obj.sha256,
-            "content_type": obj.content_type, "source_url": url, "url": obj.url}
-
-
-def _extension(content_type: str, url: str) -> str:
-    if content_type in _EXTENSIONS:
-        return _EXTENSIONS[content_type]
-    suffix = urlparse(url).path.rsplit(".", 1)[-1].lower()
-    if suffix.isalnum() and 0 < len(suffix) <= 5:
-        return suffix
-    guessed = mimetypes.guess_extension(content_type) or ".bin"
-    return guessed.lstrip(".")
+    stored = {"index": n, "key": obj.key, "bytes": obj.bytes, "sha256": obj.sha256,
+              "content_type": obj.content_type, "source_url": url, "url": obj.url}
+    if extension == "bin":
+        stored["unexpected_type"] = announced[:100]
+    return stored
 
 
 def _retry(rt: Runtime, fetch: PendingFetch, exc: RcbatchError, limit: int | None,

@@ -34,6 +34,15 @@ _OUTPUT_FIELDS = ("key", "bytes", "sha256", "content_type", "source_url")
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
+def _output(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """An output's manifest entry; `unexpected_type` names what the API announced for an
+    output that was not an image or video (stored as inert `.bin`)."""
+    entry = {k: stored.get(k) for k in _OUTPUT_FIELDS}
+    if stored.get("unexpected_type"):
+        entry["unexpected_type"] = stored["unexpected_type"]
+    return entry
+
+
 def manifest_line(record: Mapping[str, str]) -> dict[str, Any]:
     """The manifest entry of one item record."""
     outputs = json.loads(record.get("outputs") or "[]")
@@ -45,7 +54,7 @@ def manifest_line(record: Mapping[str, str]) -> dict[str, Any]:
         "status": keys.PUBLIC_STATE.get(record.get("state", ""), record.get("state")),
         "request_id": record.get("request_id") or None,
         "attempts": int(record.get("attempts") or 0),
-        "outputs": [{k: o.get(k) for k in _OUTPUT_FIELDS} for o in outputs],
+        "outputs": [_output(o) for o in outputs],
         "error": json.loads(record["error"]) if record.get("error") else None,
         "submitted_at": _iso(record.get("submitted_at")),
         "finished_at": _iso(record.get("finished_at")),
