@@ -12,27 +12,12 @@ from typing import Any
 import httpx
 import redis
 
-from rcbatch.errors import ServiceUnavailable
 from rcbatch.runcomfy.client import RunComfyClient
 from rcbatch.worker import submission
 from rcbatch.worker.bucket import Bucket, open_bucket
+from rcbatch.worker.connection import check_redis, redis_client
 from rcbatch.worker.runtime import Limits, Publisher, Runtime
 from rcbatch.worker.state import Store
-
-
-def redis_client(url: str) -> redis.Redis:
-    """A redis-py client with timeouts and health checks (no silent half-open stalls)."""
-    return redis.Redis.from_url(
-        url, socket_timeout=10, socket_connect_timeout=10, socket_keepalive=True,
-        health_check_interval=10, retry_on_timeout=True)
-
-
-def check_redis(client: redis.Redis) -> None:
-    """Raise ServiceUnavailable when Redis does not answer."""
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        raise ServiceUnavailable(f"Redis is not reachable: {type(exc).__name__}") from exc
 
 
 def api_client(settings: Any) -> RunComfyClient:
@@ -72,3 +57,6 @@ def build_runtime(settings: Any, publisher: Publisher,
     return Runtime(store=Store(state), client=api_client(settings), buckets=buckets,
                    publisher=publisher, limits=limits_from(settings),
                    refill=submission.refill)
+
+
+__all__ = ["api_client", "build_runtime", "check_redis", "limits_from", "redis_client"]

@@ -8,13 +8,12 @@ import click
 
 from rcbatch.cli.progress import batch_state, follow, summary
 from rcbatch.cli.services import open_redis, open_store, resolve_batch
-from rcbatch.cli.waiting import wait_here
 from rcbatch.config import Settings, load_settings
 from rcbatch.errors import InputError
 from rcbatch.worker import keys, operations
+from rcbatch.worker.connection import redis_client
 from rcbatch.worker.manifest import manifest_keys
 from rcbatch.worker.state import Store
-from rcbatch.worker.wiring import redis_client
 
 batch_argument = click.argument("batch", metavar="BATCH")
 wait_option = click.option("--wait", is_flag=True,
@@ -136,6 +135,8 @@ def retry(batch: str, only_failed: bool, all_failed: bool, uncertain: bool, wait
             _nudge_dispatch(settings.model_copy(update={"redis_url": url}),
                             f"rcbatch retry {batch} --wait")
     if wait:
+        from rcbatch.cli.waiting import wait_here
+
         raise SystemExit(wait_here(settings, bid))
 
 
@@ -198,6 +199,8 @@ def resume(batch: str, wait: bool) -> None:
             _nudge_dispatch(settings.model_copy(update={"redis_url": url}),
                             f"rcbatch resume {batch} --wait")
     if wait:
+        from rcbatch.cli.waiting import wait_here
+
         raise SystemExit(wait_here(settings, bid))
 
 

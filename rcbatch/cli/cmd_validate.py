@@ -187,9 +187,9 @@ def submit(files: tuple[Path, ...], default_model: str | None, no_preflight: boo
     from rcbatch.cli.schedule import parse_when
     from rcbatch.producer.batch import default_name, register_batch
     from rcbatch.worker.celery_app import configure
+    from rcbatch.worker.connection import check_redis, redis_client
     from rcbatch.worker.state import Store
     from rcbatch.worker.tasks import CeleryPublisher
-    from rcbatch.worker.wiring import check_redis, redis_client
 
     settings = load_settings()
     if not settings.redis_url:

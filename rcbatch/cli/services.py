@@ -8,8 +8,8 @@ from contextlib import contextmanager
 from rcbatch.cli.embedded_redis import ensure_redis
 from rcbatch.config import Settings
 from rcbatch.errors import InputError
+from rcbatch.worker.connection import check_redis, redis_client
 from rcbatch.worker.state import Store
-from rcbatch.worker.wiring import check_redis, redis_client
 
 
 @contextmanager

@@ -44,7 +44,7 @@ class Session:
 def session(settings: Settings, token: str, *, simulate: bool, workers: int = 2,
             concurrency: int = 2, sim_options: Sequence[str] = ()) -> Iterator[Session]:
     """Start Redis (or use RCBATCH_REDIS_URL), the simulator when asked, and `workers`."""
-    from rcbatch.worker.wiring import check_redis, redis_client
+    from rcbatch.worker.connection import check_redis, redis_client
 
     with ExitStack() as stack:
         redis_url, server = ensure_redis(settings.redis_url, settings.state_dir)
