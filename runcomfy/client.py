@@ -6,6 +6,13 @@ a submit whose answer was lost after the request may have reached the server rai
 `SubmitUncertain` (never re-send it blindly); only failures certainly raised before anything was
 sent (connect errors and timeouts, pool timeouts) are a retryable `TransportError`.
 
+Every API call has an overall deadline (`call_deadline`, by default the connect, write and read
+timeouts added up: the longest an honest call takes, and what the reconciler allows a submit)
+and its answer a size cap (`max_answer_bytes`): a server trickling bytes or streaming without
+end makes a retryable error (for a submit, SubmitUncertain) instead of a call that never ends
+or fills memory. Output downloads have neither: they stream under `max_output_bytes`, and past
+a grace of one read timeout must keep an average of `min_download_rate` bytes a second.
+
 The token lives in a SecretStr and is put into the Authorization header of API calls only;
 downloads (CDN URLs, other hosts) never carry it, and any error message that would contain it
 is redacted on the way out.
@@ -13,7 +20,8 @@ is redacted on the way out.
 
 from __future__ import annotations
 
-import ipaddress
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
@@ -34,6 +42,12 @@ from rcbatch.errors import (
     TransportError,
     UnexpectedAnswer,
 )
+from rcbatch.runcomfy.addresses import (
+    AddressPolicy,
+    Destination,
+    IPAddress,
+    is_loopback_url,
+)
 from rcbatch.runcomfy.answers import (
     CancelAnswer,
     Endpoint,
@@ -51,10 +65,26 @@ from rcbatch.runcomfy.answers import (
     parse_status,
     parse_submit,
 )
-from rcbatch.runcomfy.transport import AiohttpTransport
+from rcbatch.runcomfy.download import Download, checked_download
+from rcbatch.runcomfy.download import describe as _describe
+from rcbatch.runcomfy.download import safe_url as _safe
+from rcbatch.runcomfy.transport import (
+    DEADLINE,
+    AiohttpTransport,
+    AnswerTooLarge,
+    DeadlineExceeded,
+    read_capped,
+)
 
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net"
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)
+#: the largest API answer read (they are a few hundred bytes; outputs are downloads)
+MAX_ANSWER_BYTES = 1024 * 1024
+#: the average bytes a second a download must keep once a read timeout has passed: far below
+#: any working CDN, even shared by a worker's 64 connections, yet a trickle ends in minutes
+MIN_DOWNLOAD_RATE = 4096.0
+#: how long past `call_deadline` the client's own timer waits for a transport that ignores it
+_BACKSTOP = 1.0
 #: the only failures that prove a submit's request never left this process
 _CERTAINLY_UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _MAX_REDIRECTS = 10
@@ -95,17 +125,32 @@ class RunComfyClient:
     def __init__(self, token: str | SecretStr, base_url: str = DEFAULT_BASE_URL, *,
                  transport: httpx.AsyncBaseTransport | None = None,
                  timeout: httpx.Timeout | None = None, max_output_bytes: int = 2 * 1024**3,
-                 user_agent: str = "rcbatch/0.1") -> None:
-        """Build a client; nothing is sent until the first call."""
+                 user_agent: str = "rcbatch/0.1", call_deadline: float | None = None,
+                 max_answer_bytes: int = MAX_ANSWER_BYTES,
+                 min_download_rate: float = MIN_DOWNLOAD_RATE,
+                 addresses: AddressPolicy | None = None) -> None:
+        """Build a client; nothing is sent until the first call.
+
+        `call_deadline` (seconds; None: connect + write + read of `timeout`) bounds each API
+        call whole; see the module docstring for it and the other limits. `addresses` judges
+        every output URL and redirect hop (default: public addresses only, and loopback too
+        when the API base URL is itself on loopback, the simulator).
+        """
         self._token = token if isinstance(token, SecretStr) else SecretStr(token)
         self.base_url = _checked_base_url(base_url)
         self.max_output_bytes = max_output_bytes
-        self._base_is_loopback = _is_loopback(httpx.URL(self.base_url).host)
+        self.max_answer_bytes = max_answer_bytes
+        self.min_download_rate = min_download_rate
+        timeout = timeout or DEFAULT_TIMEOUT
+        self.call_deadline = call_deadline or _longest_call(timeout)
+        self._grace = timeout.read or DEFAULT_TIMEOUT.read or 0.0
+        self._base_is_loopback = is_loopback_url(self.base_url)
+        self._addresses = addresses or AddressPolicy(allow_loopback=self._base_is_loopback)
         # Idle connections are dropped after 2 s, well before servers close them (uvicorn
         # 5 s, load balancers 60 s): reusing one just as the server closes it would turn a
         # good submit into a SubmitUncertain.
         self._http = _CookielessClient(transport=transport or AiohttpTransport(_POOL_LIMITS),
-                                       timeout=timeout or DEFAULT_TIMEOUT,
+                                       timeout=timeout,
                                        headers={"User-Agent": user_agent},
                                        follow_redirects=False)
 
@@ -128,9 +173,9 @@ class RunComfyClient:
         path = f"/v1/models/{_checked_model_id(model_id)}"
         content = _encode_body(body)
         with self._redacting():
-            response = await self._exchange("submit", "POST", path, content=content)
+            response, raw = await self._exchange("submit", "POST", path, content=content)
             try:
-                return parse_submit(self._answer("submit", response))
+                return parse_submit(self._answer("submit", response, raw))
             except UnexpectedAnswer as exc:
                 if not response.is_success:
                     raise
@@ -143,17 +188,17 @@ class RunComfyClient:
         """The job's state as /status tells it (COMPLETED: ask `result`)."""
         rid = check_request_id(request_id)
         with self._redacting():
-            response = await self._exchange("status", "GET", f"/v1/requests/{rid}/status")
-            return parse_status(self._answer("status", response), rid)
+            answer = await self._exchange("status", "GET", f"/v1/requests/{rid}/status")
+            return parse_status(self._answer("status", *answer), rid)
 
     async def result(self, request_id: str, *, include_cost: bool = False) -> ResultAnswer:
         """The job's result; a failed job raises JobFailed, a cancelled one is CANCELLED."""
         rid = check_request_id(request_id)
         params = {"include_cost": "true"} if include_cost else None
         with self._redacting():
-            response = await self._exchange("result", "GET", f"/v1/requests/{rid}/result",
-                                            params=params)
-            answer = parse_result(self._answer("result", response), rid)
+            response, raw = await self._exchange("result", "GET",
+                                                 f"/v1/requests/{rid}/result", params=params)
+            answer = parse_result(self._answer("result", response, raw), rid)
             if answer.state is JobState.FAILED:
                 raise JobFailed(answer.error or "the job failed (the API gave no reason)")
             return answer
@@ -162,8 +207,8 @@ class RunComfyClient:
         """Ask the API to cancel a job (only a queued job can be); safe to repeat."""
         rid = check_request_id(request_id)
         with self._redacting():
-            response = await self._exchange("cancel", "POST", f"/v1/requests/{rid}/cancel")
-            return parse_cancel(self._answer("cancel", response), rid)
+            answer = await self._exchange("cancel", "POST", f"/v1/requests/{rid}/cancel")
+            return parse_cancel(self._answer("cancel", *answer), rid)
 
     def download(self, url: str) -> AbstractAsyncContextManager[Download]:
         """Open an output URL for streaming: `async with client.download(u) as d: ...`."""
@@ -171,27 +216,42 @@ class RunComfyClient:
 
     async def _exchange(self, endpoint: Endpoint, method: str, path: str, *,
                         content: bytes | None = None,
-                        params: dict[str, str] | None = None) -> httpx.Response:
+                        params: dict[str, str] | None = None) -> tuple[httpx.Response, bytes]:
+        """Send one API request; its answer and the answer's body, read within the limits."""
         headers = {"Authorization": f"Bearer {self._bearer()}", "Accept": "application/json"}
         if content is not None:
             headers["Content-Type"] = "application/json"
         request = self._http.build_request(method, self.base_url + path, content=content,
-                                           params=params, headers=headers)
+                                           params=params, headers=headers,
+                                           extensions={DEADLINE: self.call_deadline})
         try:
-            return await self._http.send(request)
+            # The transport keeps the deadline itself, knowing whether the request left yet;
+            # this timer only stops a transport that does not (and cannot tell: uncertain).
+            async with asyncio.timeout(self.call_deadline + _BACKSTOP):
+                response = await self._http.send(request, stream=True)
+                try:
+                    return response, await read_capped(response, self.max_answer_bytes)
+                finally:
+                    await response.aclose()
+        except TimeoutError as exc:
+            late = DeadlineExceeded(f"no complete answer within {self.call_deadline:g} s",
+                                    request=request)
+            raise _transport_error(endpoint, late) from exc
+        except AnswerTooLarge as exc:
+            raise _too_large(endpoint, str(exc)) from exc
         except httpx.HTTPError as exc:
             raise _transport_error(endpoint, exc) from exc
 
-    def _answer(self, endpoint: Endpoint, response: httpx.Response) -> dict[str, Any]:
-        body = decode_body(response.content)
+    def _answer(self, endpoint: Endpoint, response: httpx.Response,
+                raw: bytes) -> dict[str, Any]:
+        body = decode_body(raw)
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        error = error_for_answer(endpoint, response.status_code, body, response.content,
-                                 retry_after)
+        error = error_for_answer(endpoint, response.status_code, body, raw, retry_after)
         if error is not None:
             raise error
         if body is None:
             raise UnexpectedAnswer(f"{endpoint}: HTTP {response.status_code} with a body that "
-                                   f"is not a JSON object: {excerpt(response.content)}")
+                                   f"is not a JSON object: {excerpt(raw)}")
         return body
 
     def _bearer(self) -> str:
@@ -215,121 +275,56 @@ class RunComfyClient:
 
     @asynccontextmanager
     async def _download(self, url: str) -> AsyncIterator[Download]:
-        response = await self._open(url)
+        response, final_url = await self._open(url)
         try:
-            yield Download(url, response, self.max_output_bytes)
+            yield Download(url, response, self.max_output_bytes,
+                           min_rate=(self._grace, self.min_download_rate), final_url=final_url)
         finally:
             await response.aclose()
 
-    async def _open(self, url: str) -> httpx.Response:
-        """GET `url`, following redirects by hand so every hop passes the URL rules."""
+    async def _open(self, url: str) -> tuple[httpx.Response, str]:
+        """GET `url`, following redirects by hand so every hop passes the address policy and
+        connects to the address that was checked; the answer and the URL that gave it (the
+        host's name, not the address connected to)."""
         current = url
         for _ in range(_MAX_REDIRECTS + 1):
-            request = self._http.build_request("GET", self._checked_download_url(current),
-                                               headers={"Accept-Encoding": "identity"})
+            destination = await self._checked_destination(current)
             try:
-                response = await self._http.send(request, stream=True)
+                response = await self._send_pinned(destination)
             except httpx.HTTPError as exc:
                 raise TransportError(f"download of {_safe(current)} failed: "
                                      f"{_describe(exc)}", kind="download") from exc
             location = response.headers.get("Location")
             if not (response.is_redirect and location):
-                return await _checked_download(response, current, self.max_output_bytes)
+                checked = await checked_download(response, current, self.max_output_bytes)
+                return checked, str(destination.url)
             await response.aclose()
-            current = str(response.url.join(location))
+            # relative to the URL asked for: `response.url` holds the pinned address
+            current = str(destination.url.join(location))
         raise OutputLost(f"download of {_safe(url)}: more than {_MAX_REDIRECTS} redirects",
                          kind="too_many_redirects")
 
-    def _checked_download_url(self, url: str) -> httpx.URL:
+    async def _send_pinned(self, destination: Destination) -> httpx.Response:
+        """GET `destination` from the first of its checked addresses that accepts a
+        connection (as a connector would try each address a name resolves to)."""
+        *others, last = destination.addresses
+        for address in others:
+            with contextlib.suppress(httpx.ConnectError):
+                return await self._send_to(destination, address)
+        return await self._send_to(destination, last)
+
+    async def _send_to(self, destination: Destination, address: IPAddress) -> httpx.Response:
+        request = destination.build_request(self._http, "GET", address=address,
+                                            headers={"Accept-Encoding": "identity"})
+        return await self._http.send(request, stream=True)
+
+    async def _checked_destination(self, url: str) -> Destination:
+        """Where `url` may be fetched from; ItemFailed when the policy refuses it,
+        TransportError(kind="dns") when its host does not resolve (retryable)."""
         try:
-            parsed = httpx.URL(url)
-        except (httpx.InvalidURL, TypeError) as exc:
-            raise ItemFailed(f"not a usable output URL: {_safe(url)}",
-                             kind="invalid_url") from exc
-        if parsed.scheme == "https" and parsed.host:
-            return parsed
-        if parsed.scheme == "http" and _is_loopback(parsed.host) and self._base_is_loopback:
-            return parsed
-        raise ItemFailed(f"refusing to download {_safe(url)}: outputs are fetched over https "
-                         "(plain http only from loopback when the API itself is on loopback)",
-                         kind="insecure_url")
-
-
-class Download:
-    """An open output download: its headers, and its body as a stream of byte chunks."""
-
-    def __init__(self, url: str, response: httpx.Response, max_bytes: int) -> None:
-        """Wrap an open streaming response; `RunComfyClient.download` builds these."""
-        self.url = url
-        self.final_url = str(response.url)
-        self.content_length = _content_length(response)
-        self.content_type: str | None = response.headers.get("Content-Type")
-        self._response = response
-        self._max_bytes = max_bytes
-
-    def __repr__(self) -> str:
-        return f"Download(url={_safe(self.url)!r}, content_length={self.content_length})"
-
-    async def aiter_bytes(self, chunk_size: int | None = None) -> AsyncIterator[bytes]:
-        """The body in chunks; raises RetryLater/OutputLost when it breaks, is short or huge.
-
-        By default chunks come as they arrive (up to 1 MiB each): re-chunking to a fixed
-        size copies every byte twice more and halved a 1 GiB download (bench/streaming.py).
-        """
-        received = 0
-        try:
-            async for chunk in self._response.aiter_bytes(chunk_size):
-                received += len(chunk)
-                if received > self._max_bytes:
-                    raise OutputLost(f"{_safe(self.url)} is larger than {self._max_bytes} "
-                                     "bytes", kind="too_large")
-                yield chunk
-        except httpx.HTTPError as exc:
-            raise self._broken(exc, self._wire_bytes(received)) from exc
-        self._check_complete(self._wire_bytes(received))
-
-    def _wire_bytes(self, decoded: int) -> int | None:
-        """Bytes received as sent (what Content-Length counts), None when unknown."""
-        encoding = self._response.headers.get("Content-Encoding", "").strip().lower()
-        if encoding in ("", "identity"):
-            return decoded
-        return self._response.num_bytes_downloaded or None
-
-    def _broken(self, exc: httpx.HTTPError, wire: int | None) -> RetryLater:
-        short = (isinstance(exc, httpx.RemoteProtocolError) and self.content_length is not None
-                 and wire is not None and wire < self.content_length)
-        return RetryLater(f"download of {_safe(self.url)} broke after {wire} bytes: "
-                          f"{_describe(exc)}", kind="short_download" if short else "download")
-
-    def _check_complete(self, wire: int | None) -> None:
-        if self.content_length is None or wire is None or wire == self.content_length:
-            return
-        kind = "short_download" if wire < self.content_length else "download"
-        raise RetryLater(f"download of {_safe(self.url)} ended after {wire} bytes, "
-                         f"Content-Length said {self.content_length}", kind=kind)
-
-
-async def _checked_download(response: httpx.Response, url: str,
-                            max_bytes: int) -> httpx.Response:
-    """`response` if it is a 200 of acceptable size; otherwise close it and raise."""
-    error: RcbatchError | None = None
-    status = response.status_code
-    where = f"download of {_safe(url)}: HTTP {status}"
-    if status in (401, 403, 404, 410):
-        error = OutputLost(f"{where}: the output is gone or no longer accessible",
-                           kind="output_lost" if status in (404, 410) else "output_forbidden")
-    elif status in (408, 429) or status >= 500:
-        error = RetryLater(where, kind="download",
-                           retry_after=parse_retry_after(response.headers.get("Retry-After")))
-    elif status != 200:
-        error = UnexpectedAnswer(f"{where} (expected 200)")
-    elif (_content_length(response) or 0) > max_bytes:
-        error = OutputLost(f"{where}: Content-Length {_content_length(response)} is over the "
-                           f"limit of {max_bytes} bytes", kind="too_large")
-    if error is not None:
-        await response.aclose()
-        raise error
-    return response
+            return await self._addresses.check(url)
+        except ItemFailed as exc:
+            raise ItemFailed(f"refusing to download {exc.message}", kind=exc.kind) from exc
 
 
 def _transport_error(endpoint: Endpoint, exc: httpx.HTTPError) -> RcbatchError:
@@ -338,32 +333,24 @@ def _transport_error(endpoint: Endpoint, exc: httpx.HTTPError) -> RcbatchError:
         return SubmitUncertain(f"submit may have reached the API but its answer was lost "
                                f"({_describe(exc)}); not re-sent automatically")
     if isinstance(exc, httpx.TransportError):
-        return TransportError(f"{endpoint}: {_describe(exc)}")
+        kind = "deadline" if isinstance(exc, DeadlineExceeded) else None
+        return TransportError(f"{endpoint}: {_describe(exc)}", kind=kind)
     return UnexpectedAnswer(f"{endpoint}: {_describe(exc)}")
 
 
-def _describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
+def _too_large(endpoint: Endpoint, why: str) -> RcbatchError:
+    """An answer too large to read: retried later; a submit's may announce a job: uncertain."""
+    if endpoint == "submit":
+        return SubmitUncertain(f"submit was answered but the answer was not read ({why}); a "
+                               "job may exist, so it is not re-sent automatically")
+    return RetryLater(f"{endpoint}: answer not read: {why}", kind="answer_too_large")
 
 
-def _content_length(response: httpx.Response) -> int | None:
-    value = response.headers.get("Content-Length", "").strip()
-    return int(value) if value.isdigit() else None
-
-
-def _safe(url: str) -> str:
-    """A URL without its query or fragment (pre-signed URLs carry credentials there)."""
-    return url.split("?", 1)[0].split("#", 1)[0][:200]
-
-
-def _is_loopback(host: str) -> bool:
-    if host.rstrip(".").lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+def _longest_call(timeout: httpx.Timeout) -> float:
+    """Connect, write and read timeouts added up (a missing one counts as the default's)."""
+    parts = [(timeout.connect, DEFAULT_TIMEOUT.connect), (timeout.write, DEFAULT_TIMEOUT.write),
+             (timeout.read, DEFAULT_TIMEOUT.read)]
+    return sum(given or default or 0.0 for given, default in parts)
 
 
 def _checked_base_url(base_url: str) -> str:

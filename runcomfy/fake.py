@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 import httpx
 
+from rcbatch.runcomfy.addresses import AddressPolicy, StaticResolver
 from rcbatch.runcomfy.client import DEFAULT_BASE_URL, RunComfyClient
 
 FakeEndpoint = Literal["submit", "status", "result", "cancel", "download"]
@@ -75,6 +76,10 @@ class _Fault:
     after_processing: bool
 
 
+#: where the fake CDN's name resolves (a documentation-range-like public address)
+FAKE_CDN_ADDRESS = "93.184.215.14"
+
+
 class FakeRunComfy:
     """The fake API: call it with an httpx.Request (an `httpx.MockTransport` handler)."""
 
@@ -101,6 +106,9 @@ class FakeRunComfy:
 
     def client(self, token: str = "fake-token-0123456789", **kwargs: Any) -> RunComfyClient:
         """A RunComfyClient wired to this fake."""
+        # the CDN's name resolves to a public address without DNS; downloads connect to it
+        resolver = StaticResolver({self.cdn.host: [FAKE_CDN_ADDRESS]})
+        kwargs.setdefault("addresses", AddressPolicy(resolver=resolver))
         return RunComfyClient(token, str(self.base), transport=httpx.MockTransport(self),
                               **kwargs)
 
@@ -176,7 +184,9 @@ class FakeRunComfy:
 
     def _route(self, request: httpx.Request) -> tuple[FakeEndpoint | None,
                                                       Callable[[], httpx.Response]]:
-        url = request.url
+        # a download connects to the address its host was checked to have: the URL asked
+        # for is the connected one with the Host header's name back in it
+        url = request.url.copy_with(netloc=request.headers["Host"].encode("ascii"))
         if (url.scheme, url.host, url.port) == (self.cdn.scheme, self.cdn.host, self.cdn.port):
             return "download", lambda: self._download(str(url))
         prefix = self.base.path.rstrip("/")

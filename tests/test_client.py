@@ -31,6 +31,7 @@ from rcbatch.errors import (
     TransportError,
     UnexpectedAnswer,
 )
+from rcbatch.runcomfy.addresses import AddressPolicy, StaticResolver
 from rcbatch.runcomfy.answers import JobState, Output, parse_retry_after
 from rcbatch.runcomfy.client import RunComfyClient
 from rcbatch.runcomfy.fake import FakeRunComfy
@@ -399,10 +400,20 @@ def test_nothing_is_sent_without_token_or_with_a_bad_id() -> None:
 # --- downloads --------------------------------------------------------------------------
 
 CDN = "https://cdn.test/out/0.png?X-Amz-Signature=abc"
+#: what every made-up download host name resolves to (a public address: no DNS asked)
+PUBLIC_IP = "93.184.215.14"
+
+
+def addresses(*, allow_loopback: bool = False) -> AddressPolicy:
+    """The address policy with every name resolving to PUBLIC_IP."""
+    return AddressPolicy(resolver=StaticResolver(default=[PUBLIC_IP]),
+                         allow_loopback=allow_loopback)
 
 
 def fetch(handler: Handler | None, url: str = CDN, chunk: int = 1 << 20, **kwargs: Any) -> Any:
     """Download `url` through `handler`: (chunks, Download) or the error raised."""
+    kwargs.setdefault("addresses", addresses())
+
     async def go() -> Any:
         async with make_client(handler, **kwargs) as client, client.download(url) as download:
             return [c async for c in download.aiter_bytes(chunk)], download
@@ -463,24 +474,35 @@ def test_download_failures(handler: Handler, cls: type, kind: str | None) -> Non
 
 
 LOOP_BASE = "http://127.0.0.1:8000"
+API_BASE = "https://model-api.runcomfy.net"
 
 
-@pytest.mark.parametrize(("base", "url", "allowed"), [
-    ("https://model-api.runcomfy.net", "https://cdn.test/a.png", True),
-    ("https://model-api.runcomfy.net", "http://127.0.0.1:9000/a.png", False),
-    ("https://model-api.runcomfy.net", "http://cdn.test/a.png", False),
-    (LOOP_BASE, "http://127.0.0.1:9000/a.png", True),
-    ("http://localhost:8000", "http://localhost:9000/a.png", True),
-    ("http://[::1]:8000", "http://[::1]:9000/a.png", True),
-    (LOOP_BASE, "http://cdn.test/a.png", False),
-    (LOOP_BASE, "http://127.0.0.1.evil.test/a.png", False),
-    (LOOP_BASE, "ftp://127.0.0.1/a.png", False),
-    (LOOP_BASE, "file:///etc/passwd", False),
+@pytest.mark.parametrize(("base", "url", "refusal"), [
+    ("https://model-api.runcomfy.net", "https://cdn.test/a.png", None),
+    ("https://model-api.runcomfy.net", "http://127.0.0.1:9000/a.png", "refused_address"),
+    ("https://model-api.runcomfy.net", "http://cdn.test/a.png", "insecure_url"),
+    (LOOP_BASE, "http://127.0.0.1:9000/a.png", None),
+    ("http://localhost:8000", "http://localhost:9000/a.png", None),
+    ("http://[::1]:8000", "http://[::1]:9000/a.png", None),
+    (LOOP_BASE, "http://cdn.test/a.png", "insecure_url"),
+    (LOOP_BASE, "http://127.0.0.1.evil.test/a.png", "insecure_url"),
+    (LOOP_BASE, "ftp://127.0.0.1/a.png", "insecure_url"),
+    (LOOP_BASE, "file:///etc/passwd", "insecure_url"),
 ])
-def test_download_url_rules(base: str, url: str, allowed: bool) -> None:
-    result = fetch(answer(200, "png"), url, base_url=base)
-    assert not isinstance(result, RcbatchError) if allowed else _is(result, ItemFailed,
-                                                                     "insecure_url")
+def test_download_url_rules(base: str, url: str, refusal: str | None) -> None:
+    # the client's default policy, names resolving to a public address, localhost to loopback
+    resolver = StaticResolver({"localhost": ["127.0.0.1"]}, default=[PUBLIC_IP])
+    policy = AddressPolicy(resolver=resolver, allow_loopback=base != API_BASE)
+    result = fetch(answer(200, "png"), url, base_url=base, addresses=policy)
+    assert not isinstance(result, RcbatchError) if refusal is None else _is(result, ItemFailed,
+                                                                           refusal)
+
+
+def test_the_default_policy_allows_loopback_only_when_the_api_is_on_loopback() -> None:
+    url = "http://127.0.0.1:9000/a.png"
+    assert _is(fetch(answer(200, "png"), url, addresses=None), ItemFailed, "refused_address")
+    assert not isinstance(fetch(answer(200, "png"), url, base_url=LOOP_BASE, addresses=None),
+                          RcbatchError)
 
 
 def test_download_follows_redirects_but_checks_every_hop() -> None:
@@ -591,7 +613,7 @@ def test_a_connection_dropped_after_the_body_makes_submit_uncertain(
 
 def test_a_short_download_on_a_real_socket_is_retried(loopback: tuple[str, list[bytes]]) -> None:
     base, _ = loopback
-    result = fetch(None, f"{base}/out.png", base_url=base)
+    result = fetch(None, f"{base}/out.png", base_url=base, addresses=None)
     assert _is(result, RetryLater, "short_download")
 
 

@@ -154,3 +154,28 @@ def test_an_unreachable_api_pauses_the_batch_exits_3_and_the_same_command_contin
     assert final["submits"] == 6 and final["duplicate_submits"] == 0
     doc = shell.status("outage")
     assert verified_outputs(doc["manifest"]) == {"completed": 6}
+
+
+def test_retry_after_run_has_exited_says_nothing_runs_then_wait_runs_it(shell: Shell) -> None:
+    spec = shell.write("retry.jsonl", rows(4))
+    port = free_port()
+    with simulator(shell, "--duration", "0.2-0.4", "--image-scale", "0.05", "--job-fail", "1",
+                   port=port) as url:
+        _api(shell, url)
+        failed = shell.run("run", str(spec), "--name", "again", "--no-preflight")
+    assert failed.returncode == 1, failed.stderr
+    assert "rcbatch retry again" in failed.stderr
+    assert shell.status("again")["counts"]["failed"] == 4
+
+    with simulator(shell, "--duration", "0.2-0.4", "--image-scale", "0.05", port=port) as url:
+        queued = shell.run("retry", "again")
+        assert queued.returncode == 0, queued.stderr
+        assert "4 items queued again" in queued.stdout
+        assert "no worker is serving this Redis" in queued.stderr
+        assert "rcbatch retry again --wait" in queued.stderr
+        waited = shell.run("retry", "again", "--wait")
+        final = stats(url)
+    assert waited.returncode == 0, waited.stderr
+    assert final["submits"] == 4 and final["duplicate_submits"] == 0
+    doc = shell.status("again")
+    assert verified_outputs(doc["manifest"]) == {"completed": 4}

@@ -14,7 +14,9 @@ import httpx
 import pytest
 
 from rcbatch.errors import RetryLater
+from rcbatch.runcomfy.addresses import AddressPolicy, StaticResolver
 from rcbatch.runcomfy.client import RunComfyClient
+from rcbatch.runcomfy.fake import FAKE_CDN_ADDRESS
 from rcbatch.worker import keys, reconciler
 from rcbatch.worker.bucket.base import UNAVAILABLE
 from tests.test_steps import Harness
@@ -29,7 +31,9 @@ class Switch:
         self.h = h
         self.down: Callable[[httpx.Request], httpx.Response] | None = None
         h.rt.client = RunComfyClient("secret-token-0123456789", str(h.api.base),
-                                     transport=httpx.MockTransport(self))
+                                     transport=httpx.MockTransport(self),
+                                     addresses=AddressPolicy(resolver=StaticResolver(
+                                         default=[FAKE_CDN_ADDRESS])))
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if self.down is not None and request.url.host == HOST:
