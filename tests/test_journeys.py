@@ -92,10 +92,14 @@ def test_a_budget_stops_new_submissions_keeps_paid_jobs_and_a_higher_one_continu
 def test_ctrl_c_then_the_same_command_finishes_the_batch_under_simulate(shell: Shell) -> None:
     spec = shell.write("resume.jsonl", rows(12))
     argv = ("run", str(spec), "--simulate", "--simulate-args",
-            "--concurrency 4 --duration 2-3 --image-scale 0.05", "--name", "resumed")
+            "--concurrency 4 --duration 3-4 --image-scale 0.05", "--name", "resumed")
     first = shell.start(*argv)
-    wait_until(lambda: _counted(shell, "resumed", "submitted", "running") >= 2, 90,
-               "jobs at the simulator")
+
+    def jobs_in_flight() -> bool:
+        assert first.poll() is None, first.communicate()[1]
+        return _counted(shell, "resumed", "submitted", "running") >= 2
+
+    wait_until(jobs_in_flight, 180, "jobs at the simulator")
     first.send_signal(signal.SIGINT)
     _, err = first.communicate(timeout=60)
     assert first.returncode == 130, err

@@ -48,6 +48,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "resume": ("cmd_batch", "resume", "Continue a paused BATCH."),
     "worker": ("cmd_worker", "worker", "A Celery worker for rcbatch's tasks."),
     "simulate": ("cmd_simulate", "simulate", "The local RunComfy Model API simulator."),
+    "models": ("cmd_models", "models", "The model catalogue: list, show, add."),
 }
 
 

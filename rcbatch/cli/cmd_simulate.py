@@ -39,6 +39,23 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 
 
+def _models_dir(ctx: click.Context, param: click.Parameter, value: Path | None) -> str | None:
+    """The user's models folder (default: the settings' one), loaded into the catalogue."""
+    from rcbatch.runcomfy.catalogue import use_models_dir
+
+    if value is None:
+        from rcbatch.config import load_settings
+        from rcbatch.errors import InputError
+
+        try:
+            value = load_settings().resolved_models_dir()
+        except InputError as exc:  # a setting the simulator never uses must not stop it
+            click.echo(f"rcbatch: serving the built-in models only: {exc}", err=True)
+            return None
+    use_models_dir(value)
+    return str(value)
+
+
 def _fault_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for name in reversed(_FAULT_HELP):
         flag = "--" + name.replace("_", "-")
@@ -98,6 +115,10 @@ def config_from_options(**options: Any) -> SimulatorConfig:
                    "or ends in .sqlite3, .sqlite or .db. A restart on the same PATH serves the "
                    "earlier request ids, results and output files; the jobs' schedule goes on "
                    "as if the simulator had never stopped.")
+@click.option("--models-dir", callback=_models_dir, type=click.Path(path_type=Path),
+              metavar="PATH", help="Also serve the models added with `rcbatch models add` "
+                                   "that are in PATH [default: RCBATCH_MODELS_DIR, else "
+                                   "STATE_DIR/models].")
 def simulate(**options: Any) -> None:
     """Run a local simulator of the RunComfy Model API until Ctrl-C or SIGTERM.
 

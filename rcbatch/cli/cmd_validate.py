@@ -73,6 +73,9 @@ def check_files(files: Sequence[Path], *, default_model: str | None, preflight: 
     Plain-http input URLs are accepted only on loopback, and only when the API itself is on
     loopback (the simulator), which is the only API that could fetch them.
     """
+    from rcbatch.runcomfy.catalogue import use_models_dir
+
+    use_models_dir(settings.resolved_models_dir())  # the user's models: `rcbatch models add`
     for path in files:
         if path.is_dir():
             raise InputError(f"{path}: is a folder; name the CSV or JSONL files in it")

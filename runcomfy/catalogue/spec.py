@@ -17,6 +17,11 @@ from rcbatch.runcomfy.imageinfo import ImageInfo
 
 FieldKind = Literal["string", "integer", "number", "boolean", "array"]
 OutputKind = Literal["image", "video"]
+#: the keys of a result's `output` object, and the kind of file each holds
+OUTPUT_KEYS: dict[str, OutputKind] = {"image": "image", "images": "image", "video": "video",
+                                      "videos": "video"}
+#: row keys that belong to rcbatch (the model id and the item id), not to the model's input
+RESERVED_FIELDS = frozenset({"model", "id"})
 Severity = Literal["error", "warning"]
 Verdict = Literal["ok", "warning", "error"]
 
@@ -159,6 +164,8 @@ class ModelSpec:
     image_field: str | None  # the field holding input image URLs, if any
     has_seed: bool
     title: str = ""
+    #: the `output` keys the model's output schema declares (`image`, `images`, `video`, ...)
+    outputs: tuple[str, ...] = ()
 
     @property
     def required(self) -> tuple[str, ...]:

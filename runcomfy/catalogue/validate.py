@@ -13,11 +13,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from rcbatch.runcomfy.catalogue.spec import FieldSpec, Issue, ModelSpec, is_finite_number
+from rcbatch.runcomfy.catalogue.spec import (
+    RESERVED_FIELDS,
+    FieldSpec,
+    Issue,
+    ModelSpec,
+    is_finite_number,
+)
 from rcbatch.runcomfy.catalogue.table import MODELS
 
-#: row keys that belong to rcbatch (the model id and the item id), not to the model's input
-RESERVED_FIELDS = frozenset({"model", "id"})
 #: the wire limit for integers (seeds included): the pages give no range, JSON ints beyond
 #: signed 64-bit are not portable
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -30,11 +34,11 @@ _KIND_NAMES = {"string": "a string", "integer": "an integer", "number": "a numbe
 
 
 def get_model(model_id: str) -> ModelSpec:
-    """The table entry for `model_id`; KeyError naming the known ids if there is none."""
+    """The catalogue entry for `model_id`; KeyError with the unknown-model message if none."""
     try:
         return MODELS[model_id]
     except (KeyError, TypeError):
-        raise KeyError(f"unknown model {model_id!r}; known models: {', '.join(MODELS)}") from None
+        raise KeyError(unknown_model_issue(model_id).message) from None
 
 
 def validate(model_id: str, row: Mapping[str, Any], *,
@@ -216,17 +220,19 @@ def _field_key(name: str) -> str:
     return re.sub(r"[^0-9a-z]", "", name.lower().replace("×", "x").replace("*", "x"))
 
 
+#: how a model the catalogue lacks gets in
+ADD_HINT = ("to use another RunComfy model, save its API page (or its input schema) and run "
+            "`rcbatch models add FILE`")
+
+
 def unknown_model_issue(model_id: object) -> Issue:
-    """An error on field `model` naming the known model ids (and the closest one)."""
-    known = list(MODELS)
-    hint = None
-    if isinstance(model_id, str) and model_id:
-        suffix = [m for m in known if m.endswith(model_id.strip("/"))]
-        close = suffix or difflib.get_close_matches(model_id, known, n=1, cutoff=0.6)
-        hint = close[0] if close else None
-    did_you_mean = f" (did you mean {hint!r}?)" if hint else ""
+    """An error on field `model`: the closest catalogued ids, every known id, how to add one."""
+    close = MODELS.closest(model_id) if isinstance(model_id, str) and model_id else []
+    quoted = [repr(m) for m in close]
+    names = " or ".join(filter(None, (", ".join(quoted[:-1]), *quoted[-1:])))
+    did_you_mean = f" (did you mean {names}?)" if close else ""
     return Issue("model", f"unknown model {_show(model_id)}{did_you_mean}; "
-                          f"known models: {', '.join(known)}")
+                          f"known models: {', '.join(MODELS)}; {ADD_HINT}")
 
 
 def describe(value: Any) -> str:

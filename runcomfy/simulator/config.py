@@ -17,7 +17,8 @@ FAULT_RATES = (
 )
 
 #: fields a running simulator may not change through `POST /_sim/reset`
-FIXED_AT_START = frozenset({"host", "port", "public_url", "access_log", "state_path"})
+FIXED_AT_START = frozenset({"host", "port", "public_url", "access_log", "state_path",
+                            "models_dir"})
 
 
 def parse_duration(text: str) -> DurationRange:
@@ -103,6 +104,9 @@ class SimulatorConfig:
     #: keep the jobs across restarts in this folder (`simulator.sqlite3` in it) or database
     #: file (a path ending in .sqlite3, .sqlite or .db); None keeps them in memory only
     state_path: str | os.PathLike[str] | None = None
+    #: the folder of the user's models (`rcbatch models add`), served beside the built-in
+    #: four; `rcbatch simulate` loads it into the catalogue (`catalogue.use_models_dir`)
+    models_dir: str | None = None
 
     def __post_init__(self) -> None:
         for name in (*FAULT_RATES, "output_404_permanent"):

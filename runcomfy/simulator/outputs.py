@@ -8,6 +8,9 @@ The output shapes follow the model pages' output schema; the counts are the simu
 - Seedream 4.5 edit-sequential: `{"images": [...]}` with
   `min(sequential_image_generation_options, 3)` images.
 - Dreamina 3.0 image-to-video: `{"video": url}`.
+- Any other catalogued model (a user's, `rcbatch models add`): one file of its output kind,
+  under the first key its output schema declares (`image`/`images`, `video`/`videos`); image
+  sizes are read off the body's first `WxH` value, like the size enums above.
 
 Prices (`?include_cost=true`) are invented round numbers, not RunComfy's.
 """
@@ -15,7 +18,7 @@ Prices (`?include_cost=true`) are invented round numbers, not RunComfy's.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -120,7 +123,7 @@ class SimModel:
         return round(self.unit_price * frames * hd, 4)
 
 
-SIM_MODELS: dict[str, SimModel] = {
+BUILT_IN_MODELS: dict[str, SimModel] = {
     m.model_id: m
     for m in (
         SimModel("bytedance/dreamina-4-0/text-to-image", "image", _dreamina_image, 0.03),
@@ -129,3 +132,52 @@ SIM_MODELS: dict[str, SimModel] = {
         SimModel("bytedance/seedream-4-5/edit-sequential", "image", _seedream_sequential, 0.04),
     )
 }
+_UNIT_PRICES: dict[OutputKind, float] = {"image": 0.03, "video": 0.25}
+
+
+def catalogued_model(model_id: str, kind: OutputKind, keys: tuple[str, ...]) -> SimModel:
+    """A SimModel for a model known only by its schema: one output under its first key."""
+    key = keys[0] if keys else kind
+
+    def plan(body: Mapping[str, Any], config: SimulatorConfig) -> OutputPlan:
+        if kind == "video":
+            video = OutputFile(0, "video", "mp4", "video/mp4", size_bytes=config.video_bytes)
+            return OutputPlan(key, (video,))
+        sizes = (parse_size(v, (0, 0)) for v in body.values())
+        size = next((s for s in sizes if s != (0, 0)), DEFAULT_SIZE)
+        return OutputPlan(key, _images(size, 1, config))
+
+    return SimModel(model_id, kind, plan, _UNIT_PRICES[kind])
+
+
+class SimModels(Mapping[str, SimModel]):
+    """The models the simulator serves: the built-in four, and every other model the
+    catalogue knows (`rcbatch simulate --models-dir` adds the user's)."""
+
+    def __init__(self, built_in: Mapping[str, SimModel]) -> None:
+        self._built_in = dict(built_in)
+        self._derived: dict[tuple[str, str, tuple[str, ...]], SimModel] = {}
+
+    def __getitem__(self, model_id: str) -> SimModel:
+        if model_id in self._built_in:
+            return self._built_in[model_id]
+        from rcbatch.runcomfy import catalogue  # only a user's model needs the catalogue
+
+        spec = catalogue.MODELS[model_id]
+        shape = (model_id, spec.output_kind, spec.outputs)
+        if shape not in self._derived:  # a model replaced on disk gets a new plan
+            self._derived[shape] = catalogued_model(model_id, spec.output_kind, spec.outputs)
+        return self._derived[shape]
+
+    def __iter__(self) -> Iterator[str]:
+        from rcbatch.runcomfy import catalogue
+
+        yield from self._built_in
+        yield from (m for m in catalogue.MODELS if m not in self._built_in)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+#: model id -> what the simulator makes of it
+SIM_MODELS: SimModels = SimModels(BUILT_IN_MODELS)
