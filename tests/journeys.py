@@ -56,7 +56,8 @@ class Shell:
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items))
         return path
 
-    def run(self, *args: str, timeout: float = 300, **extra: str) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, timeout: float = 300,
+            **extra: str) -> subprocess.CompletedProcess[str]:
         """`rcbatch ARGS` to its end."""
         return subprocess.run([RCBATCH, *args], cwd=self.cwd, env=self.environ(**extra),
                               capture_output=True, text=True, timeout=timeout,
@@ -132,3 +133,18 @@ def verified_outputs(manifest_url: str) -> dict[str, int]:
             data = (bucket / output["key"]).read_bytes()
             assert hashlib.sha256(data).hexdigest() == output["sha256"], output["key"]
     return seen
+
+
+def survivors(home: Path) -> list[str]:
+    """Command lines of processes still running with this shell's home (what a command
+    started and left behind)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if f"HOME={home}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return found

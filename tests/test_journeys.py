@@ -19,6 +19,7 @@ from tests.journeys import (
     rows,
     simulator,
     stats,
+    survivors,
     verified_outputs,
     wait_until,
 )
@@ -104,6 +105,7 @@ def test_ctrl_c_then_the_same_command_finishes_the_batch_under_simulate(shell: S
     _, err = first.communicate(timeout=60)
     assert first.returncode == 130, err
     assert "Resume with the same command" in err
+    assert survivors(shell.home) == []
 
     second = shell.run(*argv)
     assert second.returncode == 0, second.stderr
@@ -127,6 +129,7 @@ def test_status_ls_and_retry_work_from_any_folder_and_retry_says_when_nothing_ru
                      "--simulate-args", "--duration 0.2-0.4 --image-scale 0.05")
     assert done.returncode == 0, done.stderr
     assert "outputs go to" in done.stderr
+    assert survivors(shell.home) == [], "run returned while processes it started still ran"
 
     elsewhere = Shell(shell.home, tmp_path, shell.env)
     assert elsewhere.status("anywhere")["counts"]["completed"] == 3
