@@ -25,7 +25,8 @@ ALL = {
     "scale": "7. Redis bytes per item and broker messages",
 }
 #: run by name only (long, and with options of their own)
-BY_NAME_ONLY = {"chaos": "the chaos run: workers and Redis killed under every fault class"}
+BY_NAME_ONLY = {"chaos": "the chaos run: workers and Redis killed under every fault class",
+                "retention": "Redis memory over 30 nightly batches whose records expire"}
 
 
 def usage() -> str:

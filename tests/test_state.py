@@ -164,3 +164,30 @@ def test_a_registered_item_records_its_input_and_only_the_extras_it_has(store: S
     assert store.item("b", "c")["sweep"] == "{}"  # type: ignore[index]
     assert store.item_ids("b") == ["a", "c"]
     assert store.counts("b")["pending"] == 2
+
+
+def _finish(store: Store, bid: str) -> None:
+    for iid, _ in store.claim(bid, cap=10, lease=60, claim_due=60):
+        store.transition(bid, iid, expect=(keys.CLAIMED,), to=keys.COMPLETED, due=REMOVE,
+                         inflight=REMOVE)
+    store.set_batch(bid, finished_at=str(store.clock()))
+
+
+def test_marking_a_finished_batch_inactive_gives_its_records_the_retention(
+        clock: Clock) -> None:
+    client = fakeredis.FakeRedis()
+    store = Store(client, clock=clock, retention=600)
+    store.register("b", {"name": "n"}, items(2))
+    _finish(store, "b")
+    store.mark_inactive("b")
+    assert store.active_batches() == []
+    ttls = [store.redis.pttl(k) for k in (keys.batch("b"), keys.counts("b"), keys.order("b"),
+                                     keys.item("b", "i0"), keys.item("b", "i1"))]
+    assert all(590_000 < ttl <= 600_000 for ttl in ttls), ttls
+    assert client.hget(keys.tombstone("b"), "state") == b"finished"
+
+
+def test_a_name_whose_batch_records_are_gone_is_free(store: Store) -> None:
+    store.register("b", {"name": "n"}, items(1))
+    store.redis.delete(keys.batch("b"))  # as after the records expired
+    assert store.batch_id_for_name("n") is None

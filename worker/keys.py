@@ -22,8 +22,14 @@ Every key rcbatch writes is named here, so a newcomer can list what lives in Red
     rcb:scout:{model}:oldest   STR   submission time of the model's oldest job not yet timed
     rcb:untimed-by-age:{model} ZSET  "{bid}/{iid}" -> submission time, waiting for the timing
     rcb:tokens                 STR   counter for dispatch tokens
+    rcb:clock                  STR   lease of the worker that is the cluster's clock now (its
+                                     token: host:pid:random; worker/lease.py, worker/tasks.py)
     rcb:schedule:{name}:since  STR   when a recurring run was first seen (worker/schedules.py)
     rcb:schedule:{name}:{time} STR   taken by the one run of that firing
+    rcb:tombstone:{bid}        HASH  what is left of a finished batch once its records expire
+                                     (worker/retention.py); expires TOMBSTONE_KEEP later
+    rcb:retention:sweep        STR   held for an hour by the process that swept for batches
+                                     finished without an expiry (worker/retention.py)
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ POLLS = f"{PREFIX}:polls"
 RATE = f"{PREFIX}:rate"
 COOLDOWN = f"{PREFIX}:cooldown"
 TOKENS = f"{PREFIX}:tokens"
+#: the worker-clock lease: its holder sends the reconcile and schedules nudges
+CLOCK = f"{PREFIX}:clock"
 
 # Internal item states, in the order an item moves through them.
 PENDING = "pending"            # waiting for a slot
@@ -150,3 +158,13 @@ def schedule_since(name: str) -> str:
 def schedule_run(name: str, stamp: str) -> str:
     """Taken (SET NX) by the one run of a recurring run's firing at `stamp`."""
     return f"{PREFIX}:schedule:{name}:{stamp}"
+
+
+# --- retention (worker/retention.py) ---------------------------------------------------------
+RETENTION_SWEEP = f"{PREFIX}:retention:sweep"
+
+
+def tombstone(bid: str) -> str:
+    """What is left of a finished batch once its records expired: id, name, state, counts,
+    total, spend, created, finished, expires_at, manifest (worker/retention.py)."""
+    return f"{PREFIX}:tombstone:{bid}"

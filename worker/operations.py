@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from rcbatch.worker import keys
+from rcbatch.worker import keys, retention
 from rcbatch.worker.state import REMOVE, Store
 
 #: error kinds that are the input's fault: retrying them would fail (and cost) again
@@ -48,7 +48,8 @@ def retryable(record: dict[str, str], *, all_failed: bool, uncertain: bool) -> b
 
 
 def retry_items(store: Store, bid: str, records: Iterable[dict[str, str]]) -> int:
-    """Make these failed items pending again, keeping their earlier errors in `history`."""
+    """Make these failed items pending again, keeping their earlier errors in `history`; a
+    batch that gets any back is active again, so its records no longer expire."""
     count = 0
     for record in records:
         history = json.loads(record.get("history") or "[]")
@@ -67,6 +68,7 @@ def retry_items(store: Store, bid: str, records: Iterable[dict[str, str]]) -> in
     if count:
         store.set_batch(bid, state=keys.BATCH_RUNNING, finished_at="")
         store.redis.zadd(keys.ACTIVE, {bid: store.clock()})
+        retention.revive(store, bid)
     return count
 
 

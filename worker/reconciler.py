@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 
 from rcbatch.errors import RcbatchError
-from rcbatch.worker import keys
+from rcbatch.worker import keys, retention
 from rcbatch.worker.refs import StepRef
 from rcbatch.worker.runtime import Runtime, outage_service
 from rcbatch.worker.submission import dispatch
@@ -43,6 +43,7 @@ def reconcile(rt: Runtime, limit: int = 500) -> int:
     start_due_batches(rt)
     probe_outages(rt)
     dispatch(rt)
+    retention.sweep(rt.store)  # batches finished before retention existed; hourly
     for bid in rt.store.active_batches():
         if rt.store.is_finished(bid):
             rt.publisher.manifest(bid)

@@ -23,13 +23,15 @@ from typing import Any, NamedTuple
 
 import redis
 
-from rcbatch.worker import keys, scripts
+from rcbatch.worker import keys, retention, scripts
 from rcbatch.worker.refs import StepRef
 
 KEEP = ""
 REMOVE = "-"
 DELETE_FIELD = "\0"
 _CHUNK = 1000
+#: seconds a finished batch's records stay (Settings.retention's default)
+DEFAULT_RETENTION = 3 * 86_400.0
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,14 @@ def _decode(raw: Mapping[Any, Any]) -> dict[str, str]:
 class Store:
     """Reads and changes batch and item records in one Redis database."""
 
-    def __init__(self, client: redis.Redis, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, client: redis.Redis, *, clock: Callable[[], float] = time.time,
+                 retention: float = DEFAULT_RETENTION) -> None:
         # redis-py types every sync command as "Awaitable | result" (one stub for both
         # clients); Any keeps our code free of casts on each call.
         self.redis: Any = client
         self.clock = clock
+        #: seconds a finished batch's records stay in Redis (worker/retention.py)
+        self.retention = retention
         self._transition = client.register_script(scripts.TRANSITION)
         self._begin = client.register_script(scripts.BEGIN_STEP)
         self._claim = client.register_script(scripts.CLAIM)
@@ -92,9 +97,12 @@ class Store:
     # --- batches -------------------------------------------------------------------------
 
     def batch_id_for_name(self, name: str) -> str | None:
-        """The id of the batch registered under `name`, if any."""
+        """The id of the batch registered under `name`, if its records are still here (a
+        name whose batch expired is free for a new batch)."""
         value = self.redis.hget(keys.NAMES, name)
-        return _text(value) if value is not None else None
+        if value is None or not self.redis.exists(keys.batch(_text(value))):
+            return None
+        return _text(value)
 
     def register(self, bid: str, record: Mapping[str, str], items: Iterable[NewItem],
                  *, start: bool = True) -> Registration:
@@ -116,6 +124,8 @@ class Store:
         if added:
             self.redis.zadd(keys.ACTIVE, {bid: now})
             self.redis.hset(keys.batch(bid), "finished_at", "")
+            if not is_new:  # active again: its records must not expire under it
+                retention.revive(self, bid)
         return Registration(bid, added, existing)
 
     def _add_items(self, bid: str, chunk: Sequence[NewItem], now: float) -> int:
@@ -167,8 +177,10 @@ class Store:
         return [_text(b) for b in self.redis.zrange(keys.ACTIVE, 0, -1)]
 
     def mark_inactive(self, bid: str) -> None:
-        """Take a finished batch off the active list."""
-        self.redis.zrem(keys.ACTIVE, bid)
+        """Take a finished batch off the active list and let its records expire `retention`
+        seconds after it finished, leaving a tombstone (worker/retention.py). A batch with an
+        item not terminal (retried meanwhile) is left as it is."""
+        retention.seal(self, bid)
 
     def all_batches(self) -> list[str]:
         """Every batch id, oldest first."""

@@ -54,9 +54,9 @@ def build_runtime(settings: Any, publisher: Publisher,
                            s3_endpoint_url=settings.s3_endpoint_url)
 
     state = state if state is not None else redis_client(settings.redis_url)
-    return Runtime(store=Store(state), client=api_client(settings), buckets=buckets,
-                   publisher=publisher, limits=limits_from(settings),
-                   refill=submission.refill)
+    return Runtime(store=Store(state, retention=settings.retention),
+                   client=api_client(settings), buckets=buckets, publisher=publisher,
+                   limits=limits_from(settings), refill=submission.refill)
 
 
 __all__ = ["api_client", "build_runtime", "check_redis", "limits_from", "redis_client"]

@@ -46,6 +46,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "cancel": ("cmd_batch", "cancel", "Cancel BATCH for good."),
     "pause": ("cmd_batch", "pause", "Hold BATCH's pending items (in-flight jobs finish)."),
     "resume": ("cmd_batch", "resume", "Continue a paused BATCH."),
+    "prune": ("cmd_batch", "prune", "Drop finished batches' records from Redis now."),
     "worker": ("cmd_worker", "worker", "A Celery worker for rcbatch's tasks."),
     "simulate": ("cmd_simulate", "simulate", "The local RunComfy Model API simulator."),
     "models": ("cmd_models", "models", "The model catalogue: list, show, add."),

@@ -1,8 +1,15 @@
-"""Commands on registered batches: ls, status, watch, manifest, retry, cancel, pause, resume."""
+"""Commands on registered batches: ls, status, watch, manifest, retry, cancel, pause, resume,
+prune.
+
+A finished batch's records expire from Redis after the retention setting (worker/retention.py);
+`status` and `ls` then answer from its tombstone, and every other command says in one line
+when the records expired and where the manifest is (exit 2).
+"""
 
 from __future__ import annotations
 
 import json
+import time
 
 import click
 
@@ -10,7 +17,7 @@ from rcbatch.cli.progress import batch_state, follow, summary
 from rcbatch.cli.services import open_redis, open_store, resolve_batch
 from rcbatch.config import Settings, load_settings
 from rcbatch.errors import InputError
-from rcbatch.worker import keys, operations
+from rcbatch.worker import keys, operations, retention
 from rcbatch.worker.connection import redis_client
 from rcbatch.worker.manifest import manifest_keys
 from rcbatch.worker.state import Store
@@ -20,23 +27,73 @@ wait_option = click.option("--wait", is_flag=True,
                            help="Start workers here (like `run`) and wait until the batch ends.")
 
 
-def status_document(store: Store, bid: str, bucket_url: str) -> dict[str, object]:
-    """The `status --json` document of a batch."""
+def manifest_url(bid: str, bucket_url: str) -> str:
+    """Where a batch's manifest.jsonl is, in its bucket (`bucket_url`, or the default one)."""
     from rcbatch.worker.bucket import open_bucket
 
-    record = store.batch(bid) or {}
-    counts = store.counts(bid)
     settings = load_settings()
-    bucket = open_bucket(record.get("bucket_url") or bucket_url,
+    bucket = open_bucket(bucket_url or settings.resolved_bucket_url(),
                          s3_endpoint_url=settings.s3_endpoint_url)
+    return bucket.url_for(manifest_keys(bid)[0])
+
+
+def status_document(store: Store, bid: str, bucket_url: str) -> dict[str, object]:
+    """The `status --json` document of a batch (of its tombstone once its records expired:
+    then with `expired: true` and `expired_at`)."""
+    record = store.batch(bid)
+    if record is None:
+        stone = retention.tombstone(store, bid)
+        if stone is not None:
+            return tombstone_document(stone, bucket_url)
+    record = record or {}
+    counts = store.counts(bid)
     doc: dict[str, object] = {
         "batch_id": bid, "name": record.get("name"), "state": batch_state(record, counts),
         "counts": counts, "total": int(record.get("total", 0)),
-        "manifest": bucket.url_for(manifest_keys(bid)[0]),
+        "manifest": manifest_url(bid, record.get("bucket_url") or bucket_url),
+        "expired": False,
     }
     if record.get("state") == keys.BATCH_PAUSED:
         doc["paused"] = record.get("pause_reason") or "paused"
+    stone = retention.tombstone(store, bid)
+    if stone is not None:  # finished: its records are kept until then
+        doc["expires_at"] = float(stone["expires_at"])
     return doc
+
+
+def tombstone_document(stone: dict[str, str], bucket_url: str) -> dict[str, object]:
+    """The `status --json` document of a batch whose records expired."""
+    bid = stone["id"]
+    return {"batch_id": bid, "name": stone.get("name") or None, "state": stone["state"],
+            "counts": json.loads(stone["counts"]), "total": int(stone.get("total") or 0),
+            "manifest": manifest_url(bid, stone.get("bucket_url") or bucket_url),
+            "expired": True, "expired_at": float(stone["expires_at"])}
+
+
+def when(stamp: float) -> str:
+    """A time as `2026-12-01 14:05 UTC`."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(stamp))
+
+
+def expired_message(doc: dict[str, object]) -> str:
+    """One line: the batch's records expired on a date, and where its manifest is."""
+    return (f"batch {doc['batch_id']} ({doc['name']}): its records expired from Redis on "
+            f"{when(float(doc['expired_at']))}; its manifest is {doc['manifest']}")  # type: ignore[arg-type]
+
+
+def live_batch(store: Store, ref: str, bucket_url: str) -> str:
+    """The id of the batch `ref` (id or name) whose records are still here; InputError
+    saying when they expired and where the manifest is when only its tombstone is left."""
+    stone = retention.expired(store, ref)
+    if stone is not None:
+        raise InputError(expired_message(tombstone_document(stone, bucket_url)))
+    return resolve_batch(store, ref)
+
+
+def find_batch(store: Store, ref: str) -> str:
+    """The id of the batch `ref` (id or name), live or expired (its tombstone)."""
+    stone = retention.expired(store, ref)
+    return stone["id"] if stone is not None else resolve_batch(store, ref)
 
 
 @click.command()
@@ -46,7 +103,7 @@ def status(batch: str, as_json: bool) -> None:
     """Counts per state of BATCH (an id or a name)."""
     settings = load_settings()
     with open_store(settings) as store:
-        bid = resolve_batch(store, batch)
+        bid = find_batch(store, batch)
         doc = status_document(store, bid, settings.resolved_bucket_url())
     if as_json:
         click.echo(json.dumps(doc))
@@ -55,28 +112,43 @@ def status(batch: str, as_json: bool) -> None:
     click.echo(f"  {summary(doc['counts'])}  (total {doc['total']})")  # type: ignore[arg-type]
     if "paused" in doc:
         click.echo(f"  paused: {doc['paused']}")
+    if doc["expired"]:
+        click.echo(f"  records expired from Redis on {when(doc['expired_at'])}: "  # type: ignore[arg-type]
+                   f"only this summary is left; the manifest has every item")
+    elif "expires_at" in doc:
+        click.echo(f"  records kept in Redis until {when(doc['expires_at'])}")  # type: ignore[arg-type]
     click.echo(f"  manifest: {doc['manifest']}")
 
 
-def batch_row(store: Store, bid: str) -> dict[str, object]:
-    """One line of `rcbatch ls`: what a person scans a list of batches for."""
-    record = store.batch(bid) or {}
+def batch_row(store: Store, bid: str) -> dict[str, object] | None:
+    """One line of `rcbatch ls`: what a person scans a list of batches for (from its
+    tombstone once its records expired; None when neither is left)."""
+    record = store.batch(bid)
+    stone = retention.tombstone(store, bid) if record is None else None
+    if record is None and stone is None:
+        return None
+    if stone is not None:
+        return {"batch_id": bid, "name": stone.get("name") or None, "state": stone["state"],
+                "counts": json.loads(stone["counts"]), "total": int(stone.get("total") or 0),
+                "created": float(stone.get("created") or 0),
+                "spend": round(float(stone.get("spend") or 0), 4), "expired": True}
+    record = record or {}
     counts = store.counts(bid)
     return {"batch_id": bid, "name": record.get("name"), "state": batch_state(record, counts),
             "counts": counts, "total": int(record.get("total", 0)),
             "created": float(record.get("created_at") or 0),
-            "spend": round(float(record.get("reserved_cost") or 0), 4)}
+            "spend": round(float(record.get("reserved_cost") or 0), 4), "expired": False}
 
 
 @click.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 def ls(as_json: bool) -> None:
-    """The batches this Redis knows, newest first: id, name, state, counts, created, spend."""
-    import time
-
+    """The batches this Redis knows, newest first: id, name, state, counts, created, spend
+    (batches whose records expired from their tombstones)."""
     settings = load_settings()
     with open_store(settings) as store:
-        rows = [batch_row(store, bid) for bid in reversed(store.all_batches())]
+        rows = [row for bid in reversed(store.all_batches())
+                if (row := batch_row(store, bid)) is not None]
     if as_json:
         click.echo(json.dumps(rows))
         return
@@ -85,7 +157,8 @@ def ls(as_json: bool) -> None:
     for row in rows:
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(row["created"])))  # type: ignore[arg-type]
         click.echo(f"{row['batch_id']}  {row['name']}  {row['state']}  {created}  "
-                   f"${row['spend']:.2f}  {summary(row['counts'])}")  # type: ignore[arg-type]
+                   f"${row['spend']:.2f}  {summary(row['counts'])}"  # type: ignore[arg-type]
+                   f"{'  (records expired)' if row['expired'] else ''}")
 
 
 @click.command()
@@ -94,7 +167,7 @@ def watch(batch: str) -> None:
     """Live progress of BATCH until it is finished."""
     settings = load_settings()
     with open_store(settings) as store:
-        counts = follow(store, resolve_batch(store, batch))
+        counts = follow(store, live_batch(store, batch, settings.resolved_bucket_url()))
     click.echo(summary(counts))
     if counts["failed"] or counts["submit_uncertain"] or counts["cancelled"]:
         raise SystemExit(1)
@@ -111,7 +184,9 @@ def manifest(batch: str) -> None:
     settings = load_settings()
     with open_redis(settings) as url:
         rt = build_runtime(settings.model_copy(update={"redis_url": url}), RecordingPublisher())
-        click.echo(refresh_manifest(rt, resolve_batch(rt.store, batch)))
+        rt.store.retention = settings.retention  # a finished batch's expiry counts from it
+        bid = live_batch(rt.store, batch, settings.resolved_bucket_url())
+        click.echo(refresh_manifest(rt, bid))
 
 
 @click.command()
@@ -125,8 +200,8 @@ def retry(batch: str, only_failed: bool, all_failed: bool, uncertain: bool, wait
     """Re-run the failed items of BATCH (not those the API refused, unless --all-failed)."""
     settings = load_settings()
     with open_redis(settings) as url:
-        store = Store(redis_client(url))
-        bid = resolve_batch(store, batch)
+        store = Store(redis_client(url), retention=settings.retention)
+        bid = live_batch(store, batch, settings.resolved_bucket_url())
         chosen = [r for r in store.iter_items(bid)
                   if operations.retryable(r, all_failed=all_failed, uncertain=uncertain)]
         count = operations.retry_items(store, bid, chosen)
@@ -148,8 +223,8 @@ def cancel(batch: str, discard: bool) -> None:
     """Cancel BATCH for good: nothing more is submitted, queued remote jobs are cancelled."""
     settings = load_settings()
     with open_redis(settings) as url:
-        store = Store(redis_client(url))
-        bid = resolve_batch(store, batch)
+        store = Store(redis_client(url), retention=settings.retention)
+        bid = live_batch(store, batch, settings.resolved_bucket_url())
         count = operations.cancel_batch(store, bid, discard=discard)
         remote = _cancel_remote_now(settings.model_copy(update={"redis_url": url}), bid)
     click.echo(f"batch {bid} cancelled: {count} pending items cancelled; {remote} jobs at the "
@@ -178,7 +253,7 @@ def pause(batch: str) -> None:
     """Hold BATCH's submissions (jobs already submitted still finish and are stored)."""
     settings = load_settings()
     with open_store(settings) as store:
-        bid = resolve_batch(store, batch)
+        bid = live_batch(store, batch, settings.resolved_bucket_url())
         operations.pause_batch(store, bid)
     click.echo(f"batch {bid} paused")
 
@@ -190,8 +265,8 @@ def resume(batch: str, wait: bool) -> None:
     """Release a paused BATCH (e.g. after fixing the token or topping up the balance)."""
     settings = load_settings()
     with open_redis(settings) as url:
-        store = Store(redis_client(url))
-        bid = resolve_batch(store, batch)
+        store = Store(redis_client(url), retention=settings.retention)
+        bid = live_batch(store, batch, settings.resolved_bucket_url())
         if not operations.resume_batch(store, bid):
             raise InputError(f"batch {bid} is not paused")
         click.echo(f"batch {bid} resumed")
@@ -214,3 +289,18 @@ def _nudge_dispatch(settings: Settings, wait_command: str) -> None:
     if not app.control.ping(timeout=1.0, limit=1):
         click.echo(f"rcbatch: no worker is serving this Redis, so nothing runs yet: "
                    f"`{wait_command}` runs it here, or start `rcbatch worker`", err=True)
+
+
+@click.command()
+@click.option("--older-than", "older_than", metavar="AGE",
+              help="Only batches that finished at least AGE ago: 3d, 12h, 30m, or seconds "
+                   "(default: the retention setting, RCBATCH_RETENTION).")
+def prune(older_than: str | None) -> None:
+    """Drop finished batches' records from Redis now; their tombstones (for `status` and
+    `ls`) and their manifests in the bucket stay. A batch not finished is never touched."""
+    settings = load_settings()
+    age = retention.parse_age(older_than) if older_than is not None else settings.retention
+    with open_redis(settings) as url:
+        done = retention.prune(Store(redis_client(url), retention=settings.retention), age)
+    click.echo(f"pruned {done.batches} finished batches ({done.keys} Redis keys) that "
+               f"finished at least {age:g} s ago; their tombstones and manifests stay")

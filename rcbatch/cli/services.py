@@ -32,7 +32,7 @@ def open_redis(settings: Settings) -> Iterator[str]:
 def open_store(settings: Settings) -> Iterator[Store]:
     """A Store over the Redis of `open_redis`."""
     with open_redis(settings) as url:
-        yield Store(redis_client(url))
+        yield Store(redis_client(url), retention=settings.retention)
 
 
 def resolve_batch(store: Store, ref: str) -> str:

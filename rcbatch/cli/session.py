@@ -61,7 +61,7 @@ def session(settings: Settings, token: str, *, simulate: bool, workers: int = 2,
                           beat_schedule=settings.state_dir / "celerybeat-schedule")
         run_settings = settings.model_copy(update={"redis_url": redis_url,
                                                    "runcomfy_base_url": base_url})
-        yield Session(run_settings, Store(client), sup)
+        yield Session(run_settings, Store(client, retention=settings.retention), sup)
 
 
 def _start_simulator(sup: Supervisor, settings: Settings, token: str,
