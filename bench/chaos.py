@@ -7,12 +7,15 @@
 What happens: an embedded Redis (append-only), the simulator in its own process injecting
 every fault class (5xx, 429 with Retry-After, slow answers past the read timeout, dropped
 and reset connections, lost submit answers, failed jobs, content refusals, output 404s and
-downloads cut short), a separate beat (the reconciler's clock) and several `rcbatch worker`
-processes. The batch is registered with `rcbatch submit`; then every few seconds a random
-worker's pool child or main process gets SIGKILL (a killed main is started again), and Redis
-is SIGKILLed and restarted on the same port and data folder `--redis-restarts` times, spread
-over the run. When every item is terminal the end state is checked (bench/chaos_checks.py)
-and a table of figures printed; the exit code is 1 when any check failed.
+downloads cut short), and several `rcbatch worker` processes, each with its own state folder,
+and no beat: one worker at a time is the reconciler's clock, under a lease in Redis. The
+batch is registered with `rcbatch submit`; then every few seconds a random worker's pool child
+or main process gets SIGKILL, and every `--clock-kill-every`-th blow kills the main process of
+the worker holding the clock (a killed main is started again); Redis is SIGKILLed and
+restarted on the same port and data folder `--redis-restarts` times, spread over the run.
+When every item is terminal the end state is checked (bench/chaos_checks.py) and a table of
+figures printed (with how long the cluster was without a clock after each holder's kill);
+the exit code is 1 when any check failed.
 tests/test_chaos.py runs the same code with a small N.
 """
 
@@ -33,7 +36,7 @@ import httpx
 import redis
 
 from bench.chaos_checks import Evidence, Findings, check
-from bench.chaos_cluster import ChaosCluster, Monkey
+from bench.chaos_cluster import ChaosCluster, ClockWatch, Monkey
 from bench.harness import EDIT, I2V, MONO_TO_WALL, SEQ, T2I
 from bench.table import Figure, Section, at_most, info, markdown
 from rcbatch.worker import keys
@@ -56,6 +59,8 @@ class ChaosConfig:
     items: int = 1000
     seed: int = 7
     kill_every: float = 4.0
+    #: every this-many-th worker kill is of the clock's holder (main process); 0: never
+    clock_kill_every: int = 3
     redis_restarts: int = 2
     redis_down: float = 2.0
     workers: int = 3
@@ -80,7 +85,7 @@ class ChaosConfig:
                 "slow_seconds": self.read_timeout + 1.0, "output_404_permanent": 0.5}
 
     def worker_env(self) -> dict[str, str]:
-        """RCBATCH_* settings of beat and workers."""
+        """RCBATCH_* settings of the workers."""
         return {"RCBATCH_MAX_IN_FLIGHT": str(self.max_in_flight),
                 "RCBATCH_SUBMIT_RATE": "100", "RCBATCH_STEP_GRACE": str(self.step_grace),
                 "RCBATCH_HTTP_READ_TIMEOUT": str(self.read_timeout),
@@ -97,6 +102,10 @@ class ChaosResult:
     evidence: Evidence
     kills_child: int
     kills_main: int
+    #: kills of the clock holder's main process (counted in kills_main too)
+    kills_clock: int
+    #: seconds without a live clock after each kill of its holder
+    takeovers: list[float]
     redis_restarts: int
     revived: int
     orphans: int
@@ -158,7 +167,9 @@ def _run(config: ChaosConfig, cluster: ChaosCluster, root: Path, say: Say) -> Ch
     bid = str(json.loads(done.stdout)["batch_id"])
     say(f"batch {bid}: {config.items} items; logs in {cluster.logs}")
     monkey = Monkey(cluster, config.seed)
-    revived, finished = _storm(config, cluster, monkey, bid, say)
+    watch = ClockWatch(cluster)
+    revived, finished = _storm(config, cluster, monkey, watch, bid, say)
+    _await_clock(watch)
     wall = time.monotonic() - started
     # Unfinished, the checks still run: they name every item that is stuck.
     by_workers = finished and _wait_manifest(cluster, bid, config.items)
@@ -167,9 +178,11 @@ def _run(config: ChaosConfig, cluster: ChaosCluster, root: Path, say: Say) -> Ch
     evidence = _gather(cluster, bid, config.items, monkey)
     findings = check(evidence)
     _keep_record(root, evidence, findings)
+    clock_kills = sum(1 for b in monkey.blows if b.target.endswith("(clock)"))
     return ChaosResult(config, findings, evidence, monkey.count("child"),
-                       monkey.count("main"), monkey.count("redis"), revived, monkey.orphans,
-                       wall, by_workers, list(cluster.exits))
+                       monkey.count("main"), clock_kills, watch.takeovers,
+                       monkey.count("redis"), revived, monkey.orphans, wall, by_workers,
+                       list(cluster.exits))
 
 
 def _keep_record(root: Path, evidence: Evidence, findings: Findings) -> None:
@@ -188,12 +201,13 @@ class _Schedule:
         self.rng = random.Random(config.seed)
         self.marks = [(n + 1) / (config.redis_restarts + 1) for n in range(config.redis_restarts)]
         self.next_kill = self._after_kill()
+        self.kills = 0
         self.last_said = time.monotonic()
 
     def _after_kill(self) -> float:
         return time.monotonic() + self.config.kill_every * self.rng.uniform(0.5, 1.5)
 
-    def strike(self, monkey: Monkey, ended: int, say: Say) -> None:
+    def strike(self, monkey: Monkey, watch: ClockWatch, ended: int, say: Say) -> None:
         """Deal the blow that is due, if any, given `ended` terminal items."""
         total = self.config.items
         if self.marks and ended >= self.marks[0] * total:
@@ -201,15 +215,20 @@ class _Schedule:
             monkey.restart_redis(self.config.redis_down)
             say(f"  Redis killed and restarted at {ended}/{total} terminal")
         elif time.monotonic() >= self.next_kill:
-            monkey.kill_random_worker_process()
+            self.kills += 1
+            every = self.config.clock_kill_every
+            if every and self.kills % every == 0 and not watch.waiting:
+                watch.killed(monkey.kill_clock_holder())
+            else:
+                monkey.kill_random_worker_process()
             self.next_kill = self._after_kill()
         if time.monotonic() - self.last_said > 15:
             self.last_said = time.monotonic()
             say(f"  {ended}/{total} terminal; {len(monkey.blows)} blows so far")
 
 
-def _storm(config: ChaosConfig, cluster: ChaosCluster, monkey: Monkey, bid: str,
-           say: Say) -> tuple[int, bool]:
+def _storm(config: ChaosConfig, cluster: ChaosCluster, monkey: Monkey, watch: ClockWatch,
+           bid: str, say: Say) -> tuple[int, bool]:
     """Deal blows until every item is terminal or time is up; (exits revived, finished)."""
     store = Store(redis_client(cluster.redis.url))
     schedule = _Schedule(config)
@@ -218,15 +237,24 @@ def _storm(config: ChaosConfig, cluster: ChaosCluster, monkey: Monkey, bid: str,
     while time.monotonic() < deadline:
         time.sleep(0.2)
         revived += len(cluster.revive())
+        watch.look()
         counts = _counts(store, bid)
         if counts is None:
             continue
         ended = sum(counts[s] for s in keys.PUBLIC_TERMINAL)
         if ended >= config.items:
             return revived, True
-        schedule.strike(monkey, ended, say)
+        schedule.strike(monkey, watch, ended, say)
     say(f"  time is up ({config.timeout:g} s) with {_counts(store, bid)}")
     return revived, False
+
+
+def _await_clock(watch: ClockWatch, wait: float = 30.0) -> None:
+    """A holder killed just before the end: time its takeover too (bounded)."""
+    deadline = time.monotonic() + wait
+    while watch.waiting and time.monotonic() < deadline:
+        time.sleep(0.2)
+        watch.look()
 
 
 def _counts(store: Store, bid: str) -> dict[str, int] | None:
@@ -292,8 +320,11 @@ def report(result: ChaosResult) -> Section:
         _count("simulator submits accepted", ev.stats.get("submits", 0)),
         _count("kills: pool child", result.kills_child),
         _count("kills: worker main", result.kills_main),
+        _count("kills: clock holder (main)", result.kills_clock),
+        info("clock takeover after its holder's kill, max", max(result.takeovers, default=0),
+             "s", digits=1),
         _count("Redis kill + restart", result.redis_restarts),
-        _count("exits revived (beat/workers)", result.revived),
+        _count("exits revived (workers)", result.revived),
         _count("temp files left by killed fetches", f.temp_files),
         info("wall time", result.wall, "s", digits=0),
     )
@@ -305,7 +336,9 @@ def report(result: ChaosResult) -> Section:
 def _notes(result: ChaosResult) -> list[str]:
     f = result.findings
     notes = ["Failures by kind: " + _listing(f.failures),
-             "Uncertain by explanation: " + _listing(f.uncertain)]
+             "Uncertain by explanation: " + _listing(f.uncertain),
+             "Clock takeovers (s): " + (", ".join(f"{t:.1f}" for t in result.takeovers)
+                                        or "none")]
     if result.exits:
         notes.append("Exited on their own (and started again): " + "; ".join(result.exits))
     if not result.manifest_by_workers:
@@ -336,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--kill-every", type=float, default=defaults.kill_every,
                         metavar="SECONDS", help="mean seconds between worker SIGKILLs")
+    parser.add_argument("--clock-kill-every", type=int, default=defaults.clock_kill_every,
+                        metavar="N", help="every N-th kill is of the clock holder (0: never)")
     parser.add_argument("--redis-restarts", type=int, default=defaults.redis_restarts)
     parser.add_argument("--redis-down", type=float, default=defaults.redis_down,
                         metavar="SECONDS")
@@ -350,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = ChaosConfig(
         items=args.items, seed=args.seed, kill_every=args.kill_every,
-        redis_restarts=args.redis_restarts, redis_down=args.redis_down, workers=args.workers,
+        clock_kill_every=args.clock_kill_every, redis_restarts=args.redis_restarts,
+        redis_down=args.redis_down, workers=args.workers,
         concurrency=args.concurrency, max_in_flight=args.max_in_flight,
         duration=args.duration, timeout=args.timeout, root=args.keep,
         faults={k: min(1.0, v * args.fault_scale) for k, v in DEFAULT_FAULTS.items()})

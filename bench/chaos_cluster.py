@@ -1,13 +1,17 @@
 """The real processes a chaos run needs, and the hand that kills them.
 
 - `ChaosCluster`: one embedded Redis (append-only, fsync every second, as in production), the
-  simulator as its own process (`rcbatch simulate`, so it outlives every kill), a separate
-  Celery beat (the reconciler's clock, as in the README's cluster) and N `rcbatch worker`
-  processes, all on 127.0.0.1, each in its own process group, logs in `root/logs`.
-- `Monkey`: SIGKILLs a random worker's pool child or main process (a killed main is started
-  again at once, as a supervisor would) and kills and restarts Redis on the same port and
-  data folder; every blow is recorded with its monotonic time (the simulator's job times use
-  the same clock, so the checks can tell which blow an uncertain submit met).
+  simulator as its own process (`rcbatch simulate`, so it outlives every kill) and N
+  `rcbatch worker` processes and nothing else (no beat: one of the workers is the clock, under
+  a lease in Redis), each with a state folder of its own as on separate machines, all on
+  127.0.0.1, each in its own process group, logs in `root/logs`.
+- `Monkey`: SIGKILLs a random worker's pool child or main process, or the main process of the
+  worker that holds the clock lease (a killed main is started again at once, as a supervisor
+  would), and kills and restarts Redis on the same port and data folder; every blow is
+  recorded with its monotonic time (the simulator's job times use the same clock, so the
+  checks can tell which blow an uncertain submit met).
+- `ClockWatch`: measures how long the cluster went without a live clock after each kill of
+  its holder (until a live worker holds the lease again).
 """
 
 from __future__ import annotations
@@ -25,9 +29,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import redis
+
 from bench.harness import TOKEN, Simulator
 from rcbatch.cli.embedded_redis import EmbeddedRedis
 from rcbatch.lifetime import die_with_parent
+from rcbatch.worker import keys
 
 #: seconds a killed pool child's siblings may take to die with a killed main (PDEATHSIG)
 _ORPHAN_WAIT = 3.0
@@ -52,13 +59,15 @@ class Proc:
 
     name: str
     argv: list[str]
+    #: environment of its own, over the cluster's (a state folder per worker)
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
     groups: set[int] = field(default_factory=set)
 
 
 class ChaosCluster:
-    """Redis, simulator, beat and workers for one chaos run (a context manager)."""
+    """Redis, simulator and workers (no beat) for one chaos run (a context manager)."""
 
     def __init__(self, root: Path, *, sim_options: Mapping[str, Any],
                  sim_faults: Mapping[str, Any], env: Mapping[str, str], workers: int = 3,
@@ -74,11 +83,9 @@ class ChaosCluster:
         self.env: dict[str, str] = {}
         #: processes that exited on their own (not killed by the monkey), and how
         self.exits: list[str] = []
-        self.workers = [Proc(f"worker-{n}", self._worker_argv(n, concurrency))
+        self.workers = [Proc(f"worker-{n}", self._worker_argv(n, concurrency),
+                             {"RCBATCH_STATE_DIR": str(root / f"state-worker-{n}")})
                         for n in range(workers)]
-        self.beat = Proc("beat", [sys.executable, "-m", "celery", "-A", "rcbatch.worker.celery_cli",
-                                  "beat", "--loglevel", "WARNING", "--schedule",
-                                  str(root / "beat-schedule")])
 
     def __enter__(self) -> ChaosCluster:
         try:
@@ -101,7 +108,7 @@ class ChaosCluster:
                     "RCBATCH_RUNCOMFY_API_TOKEN": TOKEN, "RCBATCH_RUNCOMFY_BASE_URL": base_url,
                     "RCBATCH_BUCKET_URL": self.bucket.as_uri(),
                     "RCBATCH_STATE_DIR": str(self.root / "state"), **self._extra_env}
-        for proc in [self.beat, *self.workers]:
+        for proc in self.workers:
             self.spawn(proc)
 
     def _worker_argv(self, n: int, concurrency: int) -> list[str]:
@@ -112,21 +119,36 @@ class ChaosCluster:
     def spawn(self, proc: Proc) -> None:
         """Start (or start again) one process in its own group, logging to its file."""
         with open(self.logs / f"{proc.name}.log", "ab") as log:
-            proc.process = subprocess.Popen(proc.argv, env=self.env, stdout=log, stderr=log,
+            proc.process = subprocess.Popen(proc.argv, env={**self.env, **proc.env},
+                                            stdout=log, stderr=log,
                                             preexec_fn=die_with_parent(),
                                             start_new_session=True)
         proc.starts += 1
         proc.groups.add(proc.process.pid)
 
     def revive(self) -> list[str]:
-        """Start again any worker or beat that exited on its own; returns their names."""
+        """Start again any worker that exited on its own; returns their names."""
         revived = []
-        for proc in [self.beat, *self.workers]:
+        for proc in self.workers:
             if proc.process is not None and proc.process.poll() is not None:
                 self.exits.append(f"{proc.name} exited with {proc.process.returncode}")
                 self.spawn(proc)
                 revived.append(proc.name)
         return revived
+
+    def clock_holder(self) -> Proc | None:
+        """The worker whose main process holds the clock lease now (its token names the pid),
+        or None (nobody, a dead process, or Redis down)."""
+        try:
+            with redis.Redis.from_url(self.redis.url, socket_timeout=2) as client:
+                token = client.get(keys.CLOCK)
+        except redis.RedisError:
+            return None
+        if token is None:
+            return None
+        pid = int(token.decode().split(":")[-2])
+        return next((p for p in self.workers if p.process is not None
+                     and p.process.pid == pid and p.process.poll() is None), None)
 
     def rcbatch(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """Run an `rcbatch` command against this cluster."""
@@ -134,8 +156,8 @@ class ChaosCluster:
                               capture_output=True, text=True, timeout=timeout)
 
     def stop(self) -> None:
-        """Warm shutdown of beat and workers (SIGKILL after 10 s), then simulator and Redis."""
-        procs = [p for p in [self.beat, *self.workers] if p.process is not None]
+        """Warm shutdown of the workers (SIGKILL after 10 s), then simulator and Redis."""
+        procs = [p for p in self.workers if p.process is not None]
         for proc in procs:
             _signal_group(proc.process.pid, signal.SIGTERM)  # type: ignore[union-attr]
         for proc in procs:
@@ -181,6 +203,20 @@ class Monkey:
         self.cluster.spawn(proc)  # as `rcbatch run`'s supervisor would
         return blow
 
+    def kill_clock_holder(self) -> Blow | None:
+        """SIGKILL the main process (and pool) of the worker that holds the clock lease."""
+        proc = self.cluster.clock_holder()
+        if proc is None or proc.process is None:
+            return None
+        children = _children(proc.process.pid)
+        ports = tcp_ports([proc.process.pid, *children])
+        blow = self._record(Blow(time.monotonic(), "main", f"{proc.name} (clock)", ports=ports))
+        proc.process.kill()
+        proc.process.wait(10)
+        self.orphans += _outliving(children, _ORPHAN_WAIT)
+        self.cluster.spawn(proc)
+        return blow
+
     def restart_redis(self, down: float) -> Blow:
         """SIGKILL Redis, keep it down for `down` seconds, start it on the same port and data."""
         blow = self._record(Blow(time.monotonic(), "redis", "redis"))
@@ -197,6 +233,31 @@ class Monkey:
     def count(self, kind: str) -> int:
         """How many blows of this kind were dealt."""
         return sum(1 for b in self.blows if b.kind == kind)
+
+
+class ClockWatch:
+    """Seconds from each kill of the clock's holder until a live worker holds it again."""
+
+    def __init__(self, cluster: ChaosCluster) -> None:
+        self.cluster = cluster
+        self.takeovers: list[float] = []
+        self._since: float | None = None
+
+    def killed(self, blow: Blow | None) -> None:
+        """The holder was just killed by `blow` (None: nobody held it; nothing to time)."""
+        if blow is not None:
+            self._since = blow.at
+
+    def look(self) -> None:
+        """Check whether a clock runs again (call often)."""
+        if self._since is not None and self.cluster.clock_holder() is not None:
+            self.takeovers.append(time.monotonic() - self._since)
+            self._since = None
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a kill of the holder is still waiting for a new holder."""
+        return self._since is not None
 
 
 def _children(pid: int) -> list[int]:

@@ -2,10 +2,12 @@
 
 Real processes throughout: an embedded Redis (append-only) that is SIGKILLed and restarted
 twice on the same port and data folder, the simulator in its own process injecting every
-fault class, a separate beat, and `rcbatch worker` processes whose pool children and main
-processes get SIGKILL every few seconds. At the end every item must be completed, failed
-with a reason the run injected, or submit_uncertain with an explanation; none lost; no
-submission paid twice; every stored object's sha256 as the manifest says.
+fault class, and `rcbatch worker` processes only (no beat; each with its own state folder, as
+on separate machines) whose pool children and main processes get SIGKILL every few seconds,
+the worker holding the clock lease (the reconciler's clock) among them. At the end every
+item must be completed, failed with a reason the run injected, or submit_uncertain with an
+explanation; none lost; no submission paid twice; every stored object's sha256 as the
+manifest says.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ EVERY_FAULT = set(FAULTS)
 
 @pytest.fixture(scope="module")
 def chaos(tmp_path_factory: pytest.TempPathFactory) -> ChaosResult:
-    config = ChaosConfig(items=ITEMS, seed=SEED, kill_every=3.0, redis_restarts=2,
+    config = ChaosConfig(items=ITEMS, seed=SEED, kill_every=3.0, clock_kill_every=3,
+                         redis_restarts=2,
                          redis_down=1.5, workers=2, concurrency=2, max_in_flight=10,
                          duration="0.5-2", faults=FAULTS, timeout=150,
                          root=tmp_path_factory.mktemp("chaos"))
@@ -74,9 +77,15 @@ def test_every_stored_object_matches_the_manifest(chaos: ChaosResult) -> None:
 def test_the_run_really_was_chaotic(chaos: ChaosResult) -> None:
     assert chaos.redis_restarts == 2
     assert chaos.kills_child >= 1 and chaos.kills_main >= 1, explain(chaos)
+    assert chaos.kills_clock >= 1, explain(chaos)
     assert chaos.orphans == 0
     injected = {k for k, v in chaos.evidence.stats["faults"].items() if v}
     assert injected >= EVERY_FAULT, f"never injected: {EVERY_FAULT - injected}"
+
+
+def test_the_clock_came_back_after_every_kill_of_its_holder(chaos: ChaosResult) -> None:
+    """No beat runs: after each kill of the clock's holder another worker took the lease."""
+    assert len(chaos.takeovers) == chaos.kills_clock >= 1, explain(chaos)
 
 
 def test_all_checks_pass(chaos: ChaosResult) -> None:

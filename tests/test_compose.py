@@ -14,16 +14,22 @@ AWS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
 
 
 def services() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE.read_text())["services"]  # type: ignore[no-any-return]
+    found: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())["services"]
+    return found
 
 
 def test_the_file_has_every_service_the_deployment_needs() -> None:
-    assert {"redis", "minio", "createbucket", "worker", "beat", "flower"} <= set(services())
+    assert {"redis", "minio", "createbucket", "worker", "flower"} <= set(services())
+
+
+def test_no_beat_service_is_needed_because_every_worker_can_be_the_clock() -> None:
+    commands = [" ".join(s.get("command") or []) for s in services().values()]
+    assert not [c for c in commands if " beat" in c or "--beat" in c or " -B" in c]
 
 
 def test_every_variable_set_for_rcbatch_is_a_real_setting() -> None:
     fields = {f"RCBATCH_{name.upper()}" for name in Settings.model_fields}
-    for name in ("worker", "beat", "flower"):
+    for name in ("worker", "flower"):
         env = services()[name]["environment"]
         ours = {k for k in env if k.startswith("RCBATCH_")}
         assert ours, name
@@ -38,6 +44,6 @@ def test_redis_keeps_what_it_acknowledged() -> None:
     assert "--maxmemory-policy noeviction" in text
 
 
-def test_workers_run_the_rcbatch_worker_and_beat_uses_the_configured_app() -> None:
+def test_workers_run_the_rcbatch_worker_and_flower_uses_the_configured_app() -> None:
     assert services()["worker"]["command"][:2] == ["rcbatch", "worker"]
-    assert "rcbatch.worker.celery_cli:app" in services()["beat"]["command"]
+    assert "rcbatch.worker.celery_cli:app" in services()["flower"]["command"]

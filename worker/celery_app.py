@@ -34,6 +34,12 @@ setting below still matters; they are explained here, in one place:
   the first, a worker's main process spins at a full core while a task that came from a
   countdown runs; the second reuses one redis-py client per channel for publishes and acks.
 - No result backend: tasks report through the item records in Redis, not through Celery.
+- No beat needed: every worker runs a clock thread (worker/tasks.py, worker/lease.py) that
+  competes for one lease in Redis; the holder sends ``rcbatch.reconcile`` every
+  `RECONCILE_EVERY` s and ``rcbatch.schedules`` every `SCHEDULES_EVERY` s, and when it dies
+  another worker takes the lease within `CLOCK_LEASE` + `CLOCK_TICK` s. ``beat_schedule``
+  stays for anyone who runs ``celery beat`` anyway: both tasks are safe to run twice (item
+  steps are guarded by their sequence, each schedule firing by its run key).
 """
 
 from __future__ import annotations
@@ -55,6 +61,11 @@ COUNTDOWN_SHARE = 0.25
 TIME_LIMIT_SHARE = 2 / 3
 QUEUE = "rcbatch"
 RECONCILE_EVERY = 5.0
+SCHEDULES_EVERY = 30.0
+#: seconds between two ticks of a worker's clock (renew or try to take the lease)
+CLOCK_TICK = 2.0
+#: the clock lease's time to live: three ticks, so one slow tick does not lose it
+CLOCK_LEASE = 3 * CLOCK_TICK
 
 
 def max_countdown(visibility_timeout: float) -> float:
@@ -125,7 +136,8 @@ def celery_config(redis_url: str,
         "beat_schedule": {
             "reconcile": {"task": "rcbatch.reconcile",
                           "schedule": timedelta(seconds=RECONCILE_EVERY)},
-            "schedules": {"task": "rcbatch.schedules", "schedule": timedelta(seconds=30)},
+            "schedules": {"task": "rcbatch.schedules",
+                          "schedule": timedelta(seconds=SCHEDULES_EVERY)},
         },
     }
     if redis_url.split("://", 1)[0] in broker.SCHEMES:

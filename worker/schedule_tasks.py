@@ -1,4 +1,7 @@
-"""Beat-driven glue for scheduled work: recurring runs from the schedules file.
+"""Clock-driven glue for scheduled work: recurring runs from the schedules file.
+
+The worker clock (worker/tasks.py) sends `rcbatch.schedules` every 30 s, and so does a Celery
+beat if one runs; a firing starts once however many send it (its run key, worker/schedules.py).
 
 (One-off scheduled batches, `submit --at`, need no task of their own: the reconciler starts
 them when their time comes.)
@@ -49,7 +52,7 @@ def fire_schedules(rt: Runtime, settings: Any) -> list[str]:
 
 @app.task(name="rcbatch.schedules")
 def schedules_task() -> None:
-    """Beat: start recurring runs that are due."""
+    """Start the recurring runs that are due (sent by the worker clock, or by beat)."""
     from rcbatch.worker.tasks import runtime
 
     fire_schedules(runtime(), app.conf.rcbatch_settings)

@@ -1,9 +1,17 @@
 """Celery tasks: thin glue that builds the process's runtime and the message's `StepRef`, and
-calls a plain step.
+calls a plain step; and the clock every worker's main process runs.
 
 No task retries itself with `self.retry()`: a failed publish there drops the task for good
 (measured). Steps reschedule by publishing a new nudge, and the reconciler covers any nudge
 that was lost.
+
+The clock (worker/lease.py) replaces Celery beat: every worker's main process keeps trying to
+hold the `keys.CLOCK` lease, and the holder sends the nudges beat sent (`rcbatch.reconcile`,
+`rcbatch.schedules`). It sends them rather than running them itself, so the main process
+stays free to feed its pool (a reconcile may probe the API for seconds, a schedule firing
+reads a spec from a bucket), the work runs under the tasks' time limits in a process that
+may crash alone, and a beat started anyway is only a second sender of the same, twice-safe
+messages.
 """
 
 from __future__ import annotations
@@ -12,11 +20,24 @@ import os
 from typing import Any
 
 import structlog
-from celery.signals import worker_process_init
+from celery.signals import (
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from rcbatch.lifetime import exit_with_parent
 from rcbatch.worker import fetching, keys, polling, reconciler, submission
-from rcbatch.worker.celery_app import TASK_TIME_LIMIT, app
+from rcbatch.worker.celery_app import (
+    CLOCK_LEASE,
+    CLOCK_TICK,
+    RECONCILE_EVERY,
+    SCHEDULES_EVERY,
+    TASK_TIME_LIMIT,
+    app,
+)
+from rcbatch.worker.lease import Job, Lease, LeaseClock
 from rcbatch.worker.manifest import write_manifest
 from rcbatch.worker.poll_timer import PollTimer, run_round
 from rcbatch.worker.refs import StepRef
@@ -25,6 +46,7 @@ from rcbatch.worker.wiring import build_runtime, redis_client
 
 log = structlog.get_logger("rcbatch.worker")
 _runtime: tuple[int, Runtime] | None = None
+_clock: LeaseClock | None = None
 
 
 class CeleryPublisher:
@@ -86,6 +108,44 @@ def _die_with_the_main_process(**_: Any) -> None:
     exit_with_parent()
 
 
+def worker_clock(celery_app: Any = app) -> LeaseClock:
+    """The clock of one worker: while it holds the cluster's lease, it sends the reconcile
+    and schedules nudges (see the module)."""
+    settings = celery_app.conf.rcbatch_settings
+    lease = Lease(redis_client(settings.redis_url), keys.CLOCK, CLOCK_LEASE)
+
+    def sender(name: str) -> Any:
+        return lambda: celery_app.send_task(name)
+
+    jobs = [Job("reconcile", RECONCILE_EVERY, sender("rcbatch.reconcile")),
+            Job("schedules", SCHEDULES_EVERY, sender("rcbatch.schedules"))]
+    return LeaseClock(lease, jobs, CLOCK_TICK)
+
+
+@worker_ready.connect
+def _start_clock(**_: Any) -> None:
+    """The worker's main process is up: start its clock (once; the consumer may restart)."""
+    global _clock
+    if _clock is None and getattr(app.conf, "rcbatch_settings", None) is not None:
+        _clock = worker_clock().start()
+        log.info("clock_started", token=_clock.lease.token)
+
+
+@worker_shutting_down.connect
+def _stop_clock(**_: Any) -> None:
+    """A shutdown began: give the lease up now, not after the running tasks end (this runs
+    in a signal handler, so the clock's thread does the releasing)."""
+    if _clock is not None:
+        _clock.stop()
+
+
+@worker_shutdown.connect
+def _join_clock(**_: Any) -> None:
+    """The worker is done: let the clock's thread finish releasing the lease."""
+    if _clock is not None:
+        _clock.stop(wait=3.0)
+
+
 def runtime() -> Runtime:
     """This process's runtime, built once per process (after the pool forks)."""
     global _runtime
@@ -138,7 +198,8 @@ def dispatch_task() -> None:
 
 @app.task(name="rcbatch.reconcile")
 def reconcile_task() -> None:
-    """Re-drive overdue items (run by beat), then forget the polls they left planned."""
+    """Re-drive overdue items (sent by the worker clock), then forget the polls they left
+    planned."""
     rt = runtime()
     reconciler.reconcile(rt)
     _celery(rt)[1].drop_stale(rt.clock() - 2 * rt.limits.step_grace)

@@ -14,7 +14,9 @@ from rcbatch.errors import InputError
 def worker(celery_args: tuple[str, ...]) -> None:
     """A Celery worker for these tasks; CELERY_ARGS go to `celery worker` (e.g. -c 4).
 
-    Any number of workers on any machines can join the same RCBATCH_REDIS_URL.
+    Any number of workers on any machines can join the same RCBATCH_REDIS_URL. No beat is
+    needed: one worker at a time (whichever holds a lease in Redis) sends the reconciler's
+    and the schedules' nudges, and another takes over within seconds if it stops.
     """
     from rcbatch.worker.celery_app import QUEUE, configure
 

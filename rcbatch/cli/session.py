@@ -57,8 +57,7 @@ def session(settings: Settings, token: str, *, simulate: bool, workers: int = 2,
         base_url = settings.runcomfy_base_url
         if simulate:
             base_url = _start_simulator(sup, settings, token, sim_options)
-        sup.start_workers(workers, concurrency,
-                          beat_schedule=settings.state_dir / "celerybeat-schedule")
+        sup.start_workers(workers, concurrency)
         run_settings = settings.model_copy(update={"redis_url": redis_url,
                                                    "runcomfy_base_url": base_url})
         yield Session(run_settings, Store(client, retention=settings.retention), sup)

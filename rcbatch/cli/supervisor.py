@@ -68,8 +68,10 @@ class Supervisor:
         threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
         return url
 
-    def start_workers(self, count: int, concurrency: int, *, beat_schedule: Path) -> None:
-        """Start `count` Celery workers; the first also runs beat (the reconciler's clock)."""
+    def start_workers(self, count: int, concurrency: int) -> None:
+        """Start `count` Celery workers. None runs beat: every worker runs the clock that
+        sends the reconciler's and the schedules' nudges, one at a time under a lease in
+        Redis (worker/lease.py)."""
         for n in range(count):
             # Celery warns a root user once per process start; the user of `run` did not
             # choose how the workers run, so the warning would only be noise in their logs.
@@ -77,8 +79,6 @@ class Supervisor:
                     "-m", "rcbatch", "worker", "--concurrency", str(concurrency),
                     "--hostname", f"run{n}-{os.getpid()}@%h", "--without-gossip",
                     "--without-mingle"]
-            if n == 0:
-                argv += ["--beat", "--schedule", str(beat_schedule)]
             child = Child(f"worker-{n}", argv, dict(self.env),
                           self.log_dir / f"worker-{n}.log")
             self._spawn(child)
