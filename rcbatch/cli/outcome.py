@@ -7,8 +7,8 @@ the line names what stopped it, what is left, and the command that continues it.
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from rcbatch.worker import keys
 from rcbatch.worker.state import Store
@@ -65,7 +65,7 @@ def _paused(record: dict[str, str], counts: dict[str, int], again: str) -> Outco
                                          f"waiting, none failed; when it is back: {again}")
     if record.get("pause_kind") == keys.PAUSE_BUDGET:
         return Outcome(EXIT_FAILED, f"{reason}: {held} items held; to continue them: "
-                                    f"{again} --max-cost <higher>")
+                                    f"{with_cap(again, '<higher>')}")
     return Outcome(EXIT_FAILED, f"batch paused ({reason}) with {held} items held; "
                                 f"`rcbatch resume {record.get('name') or record.get('id')}` "
                                 f"or {again} continues it")
@@ -87,6 +87,15 @@ def _cancelled(store: Store, bid: str, record: dict[str, str]) -> Outcome:
                                 f"discarded")
 
 
-def host_of(url: str) -> str:
-    """The host[:port] of a URL, for lines that name a service."""
-    return urlsplit(url).netloc.rpartition("@")[2] or url
+def with_cap(command: str, cap: str) -> str:
+    """`command` (a quoted `rcbatch ...` line) with its `--max-cost` set to `cap`."""
+    words = shlex.split(command.strip("`"))
+    kept, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+        elif word == "--max-cost":
+            skip = True
+        elif not word.startswith("--max-cost="):
+            kept.append(word)
+    return "`" + " ".join(shlex.quote(w) for w in kept) + f" --max-cost {cap}`"
