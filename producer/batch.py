@@ -6,7 +6,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from rcbatch.config.prices import estimate
@@ -38,14 +38,22 @@ def new_batch_id(now: float | None = None) -> str:
 def register_batch(store: Store, items: Sequence[ItemSpec], *, name: str, bucket_url: str,
                    sources: Sequence[str], start: bool = True, start_at: float | None = None,
                    max_cost: float | None = None,
-                   prices: Mapping[str, float] | None = None) -> Registration:
+                   prices: Mapping[str, float] | None = None,
+                   stage: Callable[[str], None] | None = None,
+                   extra: Mapping[str, str] | None = None) -> Registration:
     """Create the batch `name` (or extend the existing one) with `items`; nothing is sent.
 
     `max_cost` (USD) caps what the batch may reserve: each submission reserves its
-    estimated cost first, atomically, so workers together never pass it.
+    estimated cost first, atomically, so workers together never pass it. `stage` is called
+    with the batch id before any item is registered (uploading the local input files, which
+    no worker may submit before they are in the bucket). `extra` adds fields to the batch
+    record (a derived batch names its parent).
     """
     bid = store.batch_id_for_name(name) or new_batch_id()
-    record = {"name": name, "bucket_url": bucket_url, "sources": "\n".join(sources)}
+    if stage is not None:
+        stage(bid)
+    record = {"name": name, "bucket_url": bucket_url, "sources": "\n".join(sources),
+              **(extra or {})}
     if start_at is not None:
         record["start_at"] = str(start_at)
     if max_cost is not None:
@@ -53,7 +61,7 @@ def register_batch(store: Store, items: Sequence[ItemSpec], *, name: str, bucket
         if store.batch(bid):  # resuming under a new cap: the new cap applies
             store.set_batch(bid, max_cost=record["max_cost"])
     new_items = (NewItem(item_id=s.item_id, file=s.file, line=s.line, model=s.model,
-                         input=s.input, extra=_extra(s, prices)) for s in items)
+                         input=s.input, extra=_extra(s, prices, bid)) for s in items)
     registration = store.register(bid, record, new_items, start=start)
     if start and (store.batch(bid) or {}).get("state") == "paused":
         # submitting again resumes, whatever paused it (an outage: its workers try again)
@@ -61,10 +69,15 @@ def register_batch(store: Store, items: Sequence[ItemSpec], *, name: str, bucket
     return registration
 
 
-def _extra(spec: ItemSpec, prices: Mapping[str, float] | None) -> dict[str, str]:
+def _extra(spec: ItemSpec, prices: Mapping[str, float] | None, bid: str) -> dict[str, str]:
     extra = {"estimate": repr(estimate(spec.model, spec.input, prices))}
     if spec.sweep:
         extra["sweep"] = json.dumps(spec.sweep, ensure_ascii=False)
+    if spec.local_inputs:
+        extra["inputs"] = json.dumps([i.record(bid) for i in spec.local_inputs],
+                                     ensure_ascii=False)
+    if spec.parent:
+        extra["parent"] = json.dumps(spec.parent, ensure_ascii=False)
     return extra
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from rcbatch.errors import InputError, Problem, ValidationFailed
+from rcbatch.producer.local_inputs import LocalFiles, LocalInput, with_placeholders
 from rcbatch.producer.problems import ProblemTally, RowSizes, collapse
 from rcbatch.producer.reader import ROW_FIELD, Row, display_name_of, iter_rows, one_line
-from rcbatch.producer.stdin import LineSource
+from rcbatch.producer.stdin import STDIN_NAME, LineSource
 from rcbatch.producer.sweep import SweepError, SweepPlan, plan_row, sweep_suffix
 from rcbatch.runcomfy import catalogue
 
@@ -35,7 +36,8 @@ _TAGS = {"text-to-image": "t2i", "edit": "edit", "image-to-video": "i2v",
 
 @dataclass(frozen=True, slots=True)
 class ItemSpec:
-    """One item to generate: `input` is the exact body sent (the API applies defaults)."""
+    """One item to generate: `input` is the body sent (the API applies defaults), except
+    that bucket references (local files, a parent batch's outputs) are pre-signed at submit."""
 
     item_id: str
     file: str
@@ -44,6 +46,10 @@ class ItemSpec:
     input: dict[str, Any]
     #: the sweep axes and repeat index this item was expanded from, if any
     sweep: dict[str, Any] | None = None
+    #: local files of its image field, uploaded at registration (producer/local_inputs.py)
+    local_inputs: tuple[LocalInput, ...] = ()
+    #: for an item of a derived batch: `{"batch_id", "item_id", "output": n}` it comes from
+    parent: dict[str, Any] | None = None
 
 
 @dataclass
@@ -192,6 +198,7 @@ class _Checker:
         self.errors = ProblemTally()
         self.warnings = ProblemTally()
         self.seen: dict[str, tuple[str, int, bool]] = {}  # id -> file, line, generated
+        self.local_files = LocalFiles()
 
     def finish(self, row_sizes: RowSizes | None = None) -> CheckResult:
         """The items and the distinct problems and warnings of every row checked."""
@@ -205,12 +212,23 @@ class _Checker:
         model = row.data.get("model")
         body = {k: v for k, v in row.data.items() if k not in catalogue.RESERVED_FIELDS}
         given_id = self._given_id(row)
+        local = self._local_inputs(row, model, body)
         self._check_model(row, model, body)
         if given_id is not None:
             self._claim(row, given_id, generated=False)
         clean = not row.rejected_fields and self.errors.added == before
         if clean and isinstance(model, str) and model in catalogue.MODELS:
-            self._add_item(row, model, body, given_id)
+            self._add_item(row, model, body, given_id, tuple(local))
+
+    def _local_inputs(self, row: Row, model: Any, body: dict[str, Any]) -> list[LocalInput]:
+        """Read the local image files `body` names (replacing them with references) and
+        report their problems like preflight's."""
+        base = Path.cwd() if row.file == STDIN_NAME else Path(row.file).parent
+        found, issues = self.local_files.resolve(model, body, base)
+        for issue in issues:
+            problem = Problem(row.file, row.line, one_line(issue.field), one_line(issue.message))
+            (self.warnings if issue.severity == "warning" else self.errors).add(problem)
+        return found
 
     def _check_model(self, row: Row, model: Any, body: dict[str, Any]) -> None:
         """Report a missing model, else everything the catalogue finds (unknown model too)."""
@@ -221,7 +239,8 @@ class _Checker:
         else:
             self._validate(row, model, body)
 
-    def _add_item(self, row: Row, model: str, body: dict[str, Any], item_id: str | None) -> None:
+    def _add_item(self, row: Row, model: str, body: dict[str, Any], item_id: str | None,
+                  local: tuple[LocalInput, ...] = ()) -> None:
         """Append the item of a valid row, unless its generated id repeats an earlier row's."""
         if item_id is None:
             item_id = stable_id(model, body)
@@ -230,7 +249,7 @@ class _Checker:
             if not self._claim(row, item_id, generated=True):
                 return
         self.items.append(ItemSpec(item_id, row.file, row.line, sys.intern(model), body,
-                                          row.sweep))
+                                   row.sweep, local))
 
     def _problem(self, row: Row, field_name: str, message: str) -> None:
         self.errors.add(Problem(row.file, row.line, one_line(field_name), one_line(message)))
@@ -252,7 +271,8 @@ class _Checker:
 
     def _validate(self, row: Row, model: Any, body: dict[str, Any]) -> None:
         """Turn the catalogue's issues with `body` into problems and warnings."""
-        issues = catalogue.validate(model, body, allow_loopback_http=self.allow_loopback_http)
+        issues = catalogue.validate(model, with_placeholders(body),
+                                    allow_loopback_http=self.allow_loopback_http)
         for issue in issues:
             if issue.field.split("[", 1)[0] in row.rejected_fields:
                 continue  # the reader already said why this field is unusable

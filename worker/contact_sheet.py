@@ -5,8 +5,9 @@ its first two swept fields, a section per further combination of its swept value
 swept by `repeat` alone gets a grid on `repeat`. Items that are not part of any sweep follow
 in a section of their own; a batch without sweeps is one grid in input order. Every item of
 `lines` appears exactly once. Every link is relative to the batch folder
-(`<item>/<n>.<ext>`), so the page works opened from the local bucket folder and served from
-a bucket alike. No script, no external asset.
+(`<item>/<n>.<ext>`; a derived item's parent output is `../<parent batch>/...`), so the
+page works opened from the local bucket folder and served from a bucket alike. No script,
+no external asset.
 
 Rendering is linear in the items: each line is read once, and the grids are put together
 from dictionaries keyed on the swept values, never by scanning the items per cell.
@@ -224,7 +225,8 @@ def _cell(line: Line) -> str:
     outputs = line.get("outputs") or []
     prompt = str((line.get("input") or {}).get("prompt", ""))
     caption = (f"<div class='cap' title='{html.escape(prompt)}'>{html.escape(prompt[:140])}"
-               f"</div><div class='params'>{html.escape(_params(line))}</div>")
+               f"</div><div class='params'>{html.escape(_params(line))}</div>"
+               f"{_parent_link(line)}")
     item = html.escape(str(line.get("item_id")))
     if line.get("status") == "completed" and outputs:
         media = "".join(_media(o, first=(i == 0)) for i, o in enumerate(outputs))
@@ -246,6 +248,17 @@ def _media(output: Mapping[str, Any], *, first: bool) -> str:
         return (f"<video src='{href}' controls preload='metadata' muted></video>"
                 f"<a href='{href}'>open video</a>")
     return f"<a href='{href}'><img src='{href}' loading='lazy' alt='output'></a>"
+
+
+def _parent_link(line: Line) -> str:
+    """A derived item's link to the output it was made from (in the parent batch's folder,
+    a sibling of this one)."""
+    parent = line.get("parent")
+    if not isinstance(parent, Mapping) or not parent.get("key"):
+        return ""
+    href = html.escape("../" + str(parent["key"]))
+    label = html.escape(f"from {parent.get('item_id')} #{parent.get('output')}")
+    return f"<div class='params'><a class='parent' href='{href}'>{label}</a></div>"
 
 
 def _relative(key: str) -> str:

@@ -1,7 +1,9 @@
 """The manifest: one line per input item mapping it to its outputs, in the batch's folder.
 
 `manifest.jsonl` follows CONTRACT.md (item_id, line, model, input, status, request_id,
-attempts, outputs, error, submitted_at, finished_at, plus cost and history when known);
+attempts, outputs, error, submitted_at, finished_at, plus cost and history when known, the
+local files an item's input came from (`inputs`) and the output a derived item was made
+from (`parent`));
 `manifest.csv` carries the same for spreadsheet users, every cell that a spreadsheet would
 read as a formula (starting with = + - @, a tab or a carriage return: OWASP's rule) prefixed
 with a single quote, since error texts come from the API and prompts from anyone; the JSONL
@@ -50,7 +52,8 @@ def manifest_line(record: Mapping[str, str]) -> dict[str, Any]:
         "item_id": record["id"],
         "line": f"{record.get('file', '')}:{record.get('line', '')}",
         "model": record.get("model"),
-        "input": json.loads(record.get("input") or "{}"),
+        # the body as sent: bucket references (local files, parent outputs) pre-signed
+        "input": json.loads(record.get("sent_input") or record.get("input") or "{}"),
         "status": keys.PUBLIC_STATE.get(record.get("state", ""), record.get("state")),
         "request_id": record.get("request_id") or None,
         "attempts": int(record.get("attempts") or 0),
@@ -67,6 +70,10 @@ def manifest_line(record: Mapping[str, str]) -> dict[str, Any]:
         line["history"] = json.loads(record["history"])
     if record.get("sweep"):
         line["sweep"] = json.loads(record["sweep"])
+    if record.get("inputs"):  # local files: [{"field", "local_path", "sha256", "key"}]
+        line["inputs"] = json.loads(record["inputs"])
+    if record.get("parent"):  # a derived batch's item: {"batch_id", "item_id", "output"}
+        line["parent"] = json.loads(record["parent"])
     return line
 
 

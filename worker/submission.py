@@ -23,6 +23,7 @@ from rcbatch.errors import (
     SubmitUncertain,
 )
 from rcbatch.worker import keys
+from rcbatch.worker.bucket.inputs import PRESIGN_SECONDS, has_refs, presigned_body
 from rcbatch.worker.pacing import MAX_POLL_DELAY, backoff
 from rcbatch.worker.refs import StepRef
 from rcbatch.worker.runtime import Runtime, outage_service
@@ -151,18 +152,41 @@ def _defer(rt: Runtime, ref: StepRef, wait: float) -> None:
     rt.publisher.submit(ref.bid, ref.iid, ref.token, countdown=wait)
 
 
+def _body_to_send(rt: Runtime, ref: StepRef, item: dict[str, str]) -> dict[str, object] | None:
+    """The item's input with its bucket references (local files uploaded at registration,
+    other batches' outputs) replaced by fresh pre-signed URLs; None (the item failed, nothing
+    sent) when its bucket cannot sign them."""
+    body: dict[str, object] = json.loads(item["input"])
+    if not has_refs(body):
+        return body
+    try:
+        bucket = rt.bucket_for(ref.bid)
+        return presigned_body(body, ref.bid,
+                              lambda key: bucket.presigned_url(key, expires=PRESIGN_SECONDS))
+    except RcbatchError as exc:
+        _refund(rt, ref)
+        rt.finish(ref, expect=(keys.CLAIMED,), to=keys.FAILED, error=exc.as_record())
+        return None
+
+
 def _send(rt: Runtime, ref: StepRef, item: dict[str, str]) -> None:
+    body = _body_to_send(rt, ref, item)
+    if body is None:
+        return
     attempt = uuid.uuid4().hex
     now = rt.clock()
+    values: dict[str, object] = {"attempt_id": attempt, "+attempts": 1, "submitting_at": now}
+    if has_refs(json.loads(item["input"])):  # the manifest shows the body as it was sent
+        values["sent_input"] = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
     ok, _ = rt.store.transition(
         ref, expect=(keys.CLAIMED,), to=keys.SUBMITTING, due=now + rt.limits.submit_due,
-        values={"attempt_id": attempt, "+attempts": 1, "submitting_at": now})
+        values=values)
     if not ok:
         return
     log = rt.item_log(ref)
     ref = ref.guarded("attempt_id", attempt)  # what the item is guarded by from now on
     try:
-        answer = rt.run(rt.client.submit(item["model"], json.loads(item["input"])))
+        answer = rt.run(rt.client.submit(item["model"], body))
     except SubmitUncertain as exc:
         _uncertain(rt, ref, exc.message)
     except RetryLater as exc:

@@ -50,6 +50,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "worker": ("cmd_worker", "worker", "A Celery worker for rcbatch's tasks."),
     "simulate": ("cmd_simulate", "simulate", "The local RunComfy Model API simulator."),
     "models": ("cmd_models", "models", "The model catalogue: list, show, add."),
+    "derive": ("cmd_derive", "derive", "A new batch feeding BATCH's image outputs into MODEL."),
 }
 
 

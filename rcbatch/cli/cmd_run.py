@@ -77,15 +77,17 @@ def run(files: tuple[Path, ...], simulate: bool, simulate_args: str, bucket_url:
 def _run(settings: Settings, token: str, items: list[Any], batch_name: str,
          files: tuple[Path, ...], simulate: bool, sim_options: list[str], workers: int,
          concurrency: int, max_cost: float | None) -> int:
+    from rcbatch.cli.cmd_validate import input_stager
     from rcbatch.producer.batch import register_batch
     from rcbatch.worker.reconciler import redrive_batch
 
+    stage = input_stager(settings, items, simulated=simulate)  # refused before any start
     with session(settings, token, simulate=simulate, workers=workers, concurrency=concurrency,
                  sim_options=sim_options) as ses:
         reg = register_batch(ses.store, items, name=batch_name,
                              bucket_url=settings.resolved_bucket_url(),
                              sources=[str(f) for f in files], max_cost=max_cost,
-                             prices=settings.prices)
+                             prices=settings.prices, stage=stage)
         if simulate:  # `retry --wait` and `resume --wait` start the simulator for it again
             ses.store.set_batch(reg.batch_id, simulated="1")
         click.echo(f"batch {reg.batch_id} ({batch_name}): {reg.added} new items, "

@@ -108,6 +108,9 @@ def config_from_options(**options: Any) -> SimulatorConfig:
               help="GETs a recovering 404 output fails before it is served.")
 @click.option("--strict", is_flag=True,
               help="Also reject bodies that the validator only warns about.")
+@click.option("--fetch-inputs", is_flag=True,
+              help="Fetch each input image URL as the real API does: its sha256 and size show "
+                   "in /_sim/jobs, and a URL not answering 200 with an image fails the job.")
 @click.option("--access-log", is_flag=True, help="Log every request (never the token).")
 @click.option("--state", "state_path", type=click.Path(path_type=Path), metavar="PATH",
               help="Keep the jobs across restarts in this folder (created if missing; the "

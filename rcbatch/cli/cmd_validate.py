@@ -13,7 +13,7 @@ import click
 import httpx
 
 from rcbatch.config import Settings, load_settings
-from rcbatch.errors import InputError, Problem, ValidationFailed
+from rcbatch.errors import InputError, Problem, RetryLater, ServiceUnavailable, ValidationFailed
 from rcbatch.producer.batch import estimate_total
 from rcbatch.producer.spec import CheckResult, ItemSpec, read_and_check
 from rcbatch.runcomfy.addresses import is_loopback_url
@@ -129,6 +129,34 @@ def run_preflight(items: Sequence[ItemSpec], settings: Settings, *,
     return found
 
 
+def input_stager(settings: Settings, items: Sequence[ItemSpec], *,
+                 simulated: bool = False) -> Callable[[str], None] | None:
+    """What uploads the submission's local input files into the batch's bucket, once per
+    content hash, before its items are registered (`register_batch(stage=...)`); None when
+    there are none. InputError now, before anything starts, when the API could not fetch
+    them from that bucket (a local folder, or plain http off loopback)."""
+    from rcbatch.producer.local_inputs import files_of, upload
+    from rcbatch.worker.bucket import open_bucket
+    from rcbatch.worker.bucket.inputs import serving_problem
+
+    files = files_of(items)
+    if not files:
+        return None
+    bucket = open_bucket(settings.resolved_bucket_url(), s3_endpoint_url=settings.s3_endpoint_url)
+    loopback = simulated or is_loopback_url(settings.runcomfy_base_url)
+    problem = serving_problem(bucket, api_on_loopback=loopback)
+    if problem:
+        raise InputError(f"{len(files)} local input files cannot be sent: {problem}")
+
+    def stage(bid: str) -> None:
+        try:
+            upload(bucket, bid, files)
+        except RetryLater as exc:  # the bucket is unreachable right now: exit 3, try later
+            raise ServiceUnavailable(exc.message, kind=exc.kind) from exc
+
+    return stage
+
+
 def cost_line(items: Sequence[ItemSpec], settings: Settings) -> str:
     """`estimated cost: $X.XX` (estimates from config/prices.py, see README)."""
     total = estimate_total(items, settings.prices)
@@ -202,12 +230,14 @@ def submit(files: tuple[Path, ...], default_model: str | None, no_preflight: boo
     checked = check_files(files, default_model=default_model, preflight=not no_preflight,
                           settings=settings, expansion=Expansion.from_options(sweeps, repeat))
     print_problems(checked.warnings, warning=True)
+    stage = input_stager(settings, checked.items)
     client = redis_client(settings.redis_url)
     check_redis(client)
     reg = register_batch(Store(client), checked.items, name=name or default_name(files),
                          bucket_url=settings.resolved_bucket_url(),
                          sources=[str(f) for f in files], start=start_at is None,
-                         start_at=start_at, max_cost=max_cost, prices=settings.prices)
+                         start_at=start_at, max_cost=max_cost, prices=settings.prices,
+                         stage=stage)
     if as_json:
         click.echo(json.dumps({"batch_id": reg.batch_id, "items": len(checked.items)}))
     else:

@@ -27,6 +27,7 @@ from rcbatch.runcomfy.simulator.config import SimulatorConfig
 from rcbatch.runcomfy.simulator.connection import DropConnection
 from rcbatch.runcomfy.simulator.engine import Job
 from rcbatch.runcomfy.simulator.faults import RequestFaults, RequestKind
+from rcbatch.runcomfy.simulator.inputs import fetch_inputs
 from rcbatch.runcomfy.simulator.outputs import SIM_MODELS
 from rcbatch.runcomfy.simulator.state import SimState
 from rcbatch.runcomfy.simulator.stats import canonical_digest, iso
@@ -152,8 +153,10 @@ async def submit(call: Call) -> Response:
                      "the request was refused by the content filter (simulated)")
     answer = "lost" if call.faults.lost_submit else "slow" if call.faults.slow else "sent"
     port = call.request.client.port if call.request.client else None
+    inputs = (await fetch_inputs(model.model_id, body) if call.sim.config.fetch_inputs
+              else None)
     job = call.sim.create_job(call.owner, model, body, call.now, answer=answer,
-                              client_port=port)
+                              client_port=port, inputs=inputs)
     if call.faults.lost_submit:
         call.sim.stats.lost_submits += 1
         call.sim.stats.faults["lost_submit"] += 1
@@ -198,6 +201,8 @@ async def result(call: Call) -> Response:
         body["finished_at"] = iso(engine, job.finished)
     if job.state == "succeeded":
         body["output"] = _output(call.base_url(), job)
+    elif job.state == "failed" and job.input_error:
+        body["error"] = {"code": "input_unreadable", "message": job.input_error}
     elif job.state == "failed":
         body["error"] = {"code": "generation_failed", "message": "the job failed (simulated)"}
     if call.request.query_params.get("include_cost", "").lower() == "true":

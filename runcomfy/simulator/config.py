@@ -98,6 +98,9 @@ class SimulatorConfig:
     refuse: float = 0.0
     #: also reject bodies the catalogue only warns about (the stricter reading of the pages)
     strict: bool = False
+    #: fetch every input image URL of an accepted body, as the real API does: its sha256 and
+    #: size are kept with the job, and a URL not answering 200 with an image fails the job
+    fetch_inputs: bool = False
     #: base of the URLs the simulator hands out; default: the URL the client called
     public_url: str | None = None
     access_log: bool = False

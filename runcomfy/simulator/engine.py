@@ -43,6 +43,10 @@ class Job:
     answer: str = "sent"
     #: the TCP port the submit came from (tells which client process sent it)
     client_port: int | None = None
+    #: the input images fetched (`fetch_inputs`): field, url, status, sha256, bytes
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    #: why the job fails because of its inputs (an input URL not answering with an image)
+    input_error: str | None = None
 
     @property
     def end(self) -> float:

@@ -11,6 +11,7 @@ from typing import Any
 from rcbatch.runcomfy.simulator.config import SimulatorConfig
 from rcbatch.runcomfy.simulator.engine import Engine, Job
 from rcbatch.runcomfy.simulator.faults import FaultPlan
+from rcbatch.runcomfy.simulator.inputs import FetchedInputs
 from rcbatch.runcomfy.simulator.media import ImageCache
 from rcbatch.runcomfy.simulator.outputs import SimModel
 from rcbatch.runcomfy.simulator.persistence import JobStore, Saved, replay
@@ -92,15 +93,21 @@ class SimState:
                                  "at": now})
 
     def create_job(self, owner: str, model: SimModel, body: dict[str, Any], now: float, *,
-                   answer: str = "sent", client_port: int | None = None) -> Job:
-        """Accept a validated submit: draw its fate, queue or start it, count it, save it."""
+                   answer: str = "sent", client_port: int | None = None,
+                   inputs: FetchedInputs | None = None) -> Job:
+        """Accept a validated submit: draw its fate, queue or start it, count it, save it.
+
+        `inputs` (fetched with `fetch_inputs` on) are kept with the job; their error fails it.
+        """
         outputs = model.plan(body, self.config)
         bounds = self.config.duration_range(model.model_id, model.kind)
         draw = self.plan.for_job(len(self.engine), bounds, outputs.files)
         job = Job(
             index=len(self.engine), request_id=str(uuid.uuid4()), owner=owner,
             model_id=model.model_id, body=body, outputs=outputs, duration=draw.duration,
-            will_fail=draw.will_fail, created=now, answer=answer, client_port=client_port,
+            will_fail=draw.will_fail or bool(inputs and inputs.error), created=now,
+            answer=answer, client_port=client_port,
+            inputs=inputs.records if inputs else [], input_error=inputs.error if inputs else None,
         )
         self.engine.add(job)
         self.stats.note_accepted(model.model_id, body)
@@ -133,4 +140,5 @@ class SimState:
             "created": job.created, "started": job.started, "finished": job.finished,
             "outputs": [{"n": f.n, "kind": f.kind, "gone": f.gone, "gets": f.gets}
                         for f in job.outputs.files],
+            "inputs": job.inputs, "input_error": job.input_error,
         }

@@ -114,6 +114,11 @@ class Bucket(Protocol):
         """Where `key` lives, as a `file://` or `s3://` URL."""
         ...
 
+    def presigned_url(self, key: str, *, expires: int) -> str:
+        """A URL the API can GET `key` with for `expires` seconds; InputError when this
+        bucket cannot serve one (a local folder)."""
+        ...
+
 
 class Sink(Protocol):
     """One upload in progress: receives chunks, then either commits or aborts.

@@ -123,6 +123,12 @@ class LocalBucket:
         """The object's `file://` URI."""
         return self._path(key).as_uri()
 
+    def presigned_url(self, key: str, *, expires: int) -> str:
+        """A folder serves no URL the API could fetch: always InputError (use S3)."""
+        raise InputError(f"the local folder bucket {self.url} cannot serve input images over "
+                         "HTTPS to the API: set RCBATCH_BUCKET_URL (or --bucket) to an S3 "
+                         "bucket, s3://bucket/prefix")
+
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*check_key(key).split("/"))
 

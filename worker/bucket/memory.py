@@ -85,6 +85,11 @@ class MemoryBucket:
         """`<url>/<key>`."""
         return f"{self.url}/{check_key(key)}"
 
+    def presigned_url(self, key: str, *, expires: int) -> str:
+        """A fake pre-signed URL, `https://memory.invalid/<key>?expires=N` (tests)."""
+        self._check(key)
+        return f"https://memory.invalid/{key}?expires={expires}"
+
     def _check(self, key: str) -> None:
         check_key(key)
         self._fail()

@@ -180,6 +180,15 @@ class S3Bucket:
         """`s3://bucket/prefix/key`."""
         return f"s3://{self.bucket}/{self._full(key)}"
 
+    def presigned_url(self, key: str, *, expires: int) -> str:
+        """A URL anyone may GET the object with for `expires` seconds (computed locally,
+        no request is sent; the API fetches input images with it)."""
+        full = self._full(key)
+        with _translated(f"sign a URL for {full}"):
+            url: str = self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=expires)
+        return url
+
     def _full(self, key: str) -> str:
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
