@@ -112,7 +112,9 @@ def test_kombus_own_transport_still_spins_there(redis_url: str,
 def test_rcbatch_uses_the_transport_for_redis_urls_only() -> None:
     assert celery_config("redis://127.0.0.1:6379/0")["broker_transport"] == broker.TRANSPORT
     assert celery_config("rediss://example.com:6380/0")["broker_transport"] == broker.TRANSPORT
-    assert "broker_transport" not in celery_config("sentinel://127.0.0.1:26379")
+    sentinel = celery_config("sentinel://127.0.0.1:26379/mymaster")  # tests/test_sentinel.py
+    assert sentinel["broker_transport"] == broker.SENTINEL_TRANSPORT
+    assert "broker_transport" not in celery_config("memory://")
 
 
 def test_a_channel_reuses_its_client_until_its_pool_is_replaced(redis_url: str) -> None:

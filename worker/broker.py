@@ -19,6 +19,11 @@ instead of building a new one for each, as kombu does: a third of the CPU of pub
 message went into building clients (py-spy, GIL-held samples). Connections still come from
 kombu's pool for each command; the client is rebuilt when the pool is (after a fork, or when
 kombu drops its pools).
+
+`SentinelTransport` is the same transport for a Redis Sentinel set (kombu's SentinelChannel,
+which asks the sentinels for the master each time its pool connects, plus both fixes above):
+after a failover the worker's lost connection is rebuilt by Celery and reaches the new master.
+worker/celery_app.py picks it for a `sentinel://` RCBATCH_REDIS_URL.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from kombu.transport import redis
 
 #: how Celery names this transport (the `broker_transport` setting)
 TRANSPORT = "rcbatch.worker.broker:Transport"
+#: the same for a Sentinel set
+SENTINEL_TRANSPORT = "rcbatch.worker.broker:SentinelTransport"
 #: URL schemes this transport serves (kombu's Redis transport serves both)
 SCHEMES = ("redis", "rediss")
 
@@ -71,3 +78,14 @@ class Transport(redis.Transport):
         """Build kombu's transport, then swap in the poller (no channel exists yet)."""
         super().__init__(*args, **kwargs)
         self.cycle = _Poller()
+
+
+class _SentinelChannel(_Channel, redis.SentinelChannel):
+    """kombu's Sentinel channel (its pool follows the master), reusing its client."""
+
+
+class SentinelTransport(Transport):
+    """`Transport` on a Redis Sentinel set: the master is looked up through the sentinels."""
+
+    Channel = _SentinelChannel
+    default_port = redis.SentinelTransport.default_port

@@ -33,6 +33,11 @@ setting below still matters; they are explained here, in one place:
 - ``broker_transport``: kombu's Redis transport with two changes (worker/broker.py): without
   the first, a worker's main process spins at a full core while a task that came from a
   countdown runs; the second reuses one redis-py client per channel for publishes and acks.
+- A Sentinel set (``sentinel://h1:p1,h2:p2/MASTER[/DB]``, worker/connection.py) becomes
+  kombu's form: one ``sentinel://`` URL per sentinel joined by ``;`` and the master's name
+  in ``broker_transport_options["master_name"]``, served by the Sentinel variant of the same
+  transport (``broker.SentinelTransport``); the connections ask the sentinels where the master
+  is, so a worker whose broker connection a failover broke reconnects to the new master.
 - No result backend: tasks report through the item records in Redis, not through Celery.
 - No beat needed: every worker runs a clock thread (worker/tasks.py, worker/lease.py) that
   competes for one lease in Redis; the holder sends ``rcbatch.reconcile`` every
@@ -51,6 +56,7 @@ from typing import Any
 from celery import Celery
 
 from rcbatch.worker import broker
+from rcbatch.worker.connection import is_sentinel_url, kombu_broker, parse_sentinel_url
 from rcbatch.worker.pacing import MAX_POLL_DELAY
 
 VISIBILITY_TIMEOUT = 900.0
@@ -140,7 +146,11 @@ def celery_config(redis_url: str,
                           "schedule": timedelta(seconds=SCHEDULES_EVERY)},
         },
     }
-    if redis_url.split("://", 1)[0] in broker.SCHEMES:
+    if is_sentinel_url(redis_url):
+        config["broker_url"], options = kombu_broker(parse_sentinel_url(redis_url))
+        transport.update(options)
+        config["broker_transport"] = broker.SENTINEL_TRANSPORT
+    elif redis_url.split("://", 1)[0] in broker.SCHEMES:
         config["broker_transport"] = broker.TRANSPORT
     if redis_url.startswith("rediss://"):
         config["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
