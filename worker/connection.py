@@ -35,6 +35,8 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from rcbatch.errors import InputError, ServiceUnavailable
@@ -132,8 +134,11 @@ def redis_client(url: str) -> redis.Redis:
 def sentinel_client(target: SentinelUrl) -> redis.Redis:
     """A client on the master of a Sentinel set, with the same options as any client."""
     manager = Sentinel(list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(target))
+    # a failover leaves a few seconds without a master: wait them out (about 5.5 s in all)
+    # rather than fail the command, as redis-py's default 3 quick retries would
+    failover = Retry(ExponentialBackoff(cap=1.0, base=0.1), 8)
     return manager.master_for(target.master, db=target.db, username=target.username,
-                              password=target.password, **CLIENT_OPTIONS)
+                              password=target.password, **{**CLIENT_OPTIONS, "retry": failover})
 
 
 def kombu_broker(target: SentinelUrl) -> tuple[str, dict[str, Any]]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import redis
+import redis.sentinel
 
 from rcbatch.worker import keys, retention, scripts
 from rcbatch.worker.refs import StepRef
@@ -79,11 +80,17 @@ class Store:
     """Reads and changes batch and item records in one Redis database."""
 
     def __init__(self, client: redis.Redis, *, clock: Callable[[], float] = time.time,
-                 retention: float = DEFAULT_RETENTION) -> None:
+                 retention: float = DEFAULT_RETENTION, replicated: bool | None = None) -> None:
+        """`replicated`: wait for a replica before writes that money depends on (default:
+        when the client follows a Sentinel set, whose failover may drop unreplicated writes)."""
         # redis-py types every sync command as "Awaitable | result" (one stub for both
         # clients); Any keeps our code free of casts on each call.
         self.redis: Any = client
         self.clock = clock
+        if replicated is None:
+            pool = getattr(client, "connection_pool", None)
+            replicated = isinstance(pool, redis.sentinel.SentinelConnectionPool)
+        self.replicated = replicated
         #: seconds a finished batch's records stay in Redis (worker/retention.py)
         self.retention = retention
         self._transition = client.register_script(scripts.TRANSITION)
@@ -255,6 +262,14 @@ class Store:
             args=[now, cap, now + lease, now + claim_due, limit, bid])
         flat = [_text(x) for x in out]
         return list(zip(flat[0::2], flat[1::2], strict=True))
+
+    def on_a_replica(self, timeout_ms: int = 2000) -> bool:
+        """Whether this connection's writes so far reached a replica (WAIT), so a failover
+        cannot undo them; always True without replication. A submit is sent only after its
+        `submitting` mark passed here: a mark lost in a failover would send it twice."""
+        if not self.replicated:
+            return True
+        return int(self.redis.wait(1, timeout_ms)) >= 1
 
     def requeue(self, bid: str, iid: str, *, front: bool = True) -> None:
         """Put an item back on its batch's pending list."""

@@ -185,6 +185,10 @@ def _send(rt: Runtime, ref: StepRef, item: dict[str, str]) -> None:
         return
     log = rt.item_log(ref)
     ref = ref.guarded("attempt_id", attempt)  # what the item is guarded by from now on
+    if not rt.store.on_a_replica():
+        _retry_submit(rt, ref, RetryLater("the submitting mark has not reached a replica yet",
+                                          kind="replication"))
+        return
     try:
         answer = rt.run(rt.client.submit(item["model"], body))
     except SubmitUncertain as exc:
