@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from tests.journeys import verified_outputs
 from tests.test_schema_loader import SCHEMA, T2V, changed, page
 
-RCBATCH = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "rcbatch")
+RCBATCH = str(Path(sys.executable).parent / "rcbatch")  # the venv running the tests
 IMG = "https://cdn.example.com/in/a.png"
 
 

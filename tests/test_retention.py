@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from rcbatch.producer.spec import ItemSpec
 from rcbatch.worker import keys, operations, retention
 from rcbatch.worker.state import NewItem, Store
 
-RCBATCH = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "rcbatch"
+RCBATCH = Path(sys.executable).parent / "rcbatch"  # the venv running the tests
 DAY = 86_400.0
 
 
@@ -53,8 +54,8 @@ def pttl(client: Any, key: str) -> int:
 
 
 def batch_keys(client: redis.Redis, bid: str) -> list[str]:
-    return [k.decode() for k in client.scan_iter(match=f"rcb:*{bid}*")
-            if not k.decode().startswith("rcb:tombstone:")]
+    return sorted(k.decode() for k in client.scan_iter(match=f"rcb:*{bid}*")
+                  if not k.decode().startswith("rcb:tombstone:"))  # SCAN has no order
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
