@@ -11,7 +11,7 @@ from rcbatch.worker.state import Store
 from tests.test_steps import Harness
 
 
-def _replicas(h: Harness, acked: int) -> list[tuple[int, int]]:
+def _replicas(h: Harness, acked: int, replicas: int = 1) -> list[tuple[int, int]]:
     calls: list[tuple[int, int]] = []
 
     def wait(replicas: int, timeout_ms: int) -> int:
@@ -20,6 +20,7 @@ def _replicas(h: Harness, acked: int) -> list[tuple[int, int]]:
 
     h.store.replicated = True
     h.store.redis.wait = wait
+    h.store.redis.info = lambda section: {"connected_slaves": replicas}
     return calls
 
 
@@ -46,3 +47,11 @@ def test_an_unreplicated_mark_holds_the_submit_back() -> None:
 def test_a_plain_redis_needs_no_replica(client: fakeredis.FakeRedis) -> None:
     store = Store(client)
     assert store.replicated is False and store.on_a_replica()
+
+
+def test_a_master_without_replicas_sends_at_once() -> None:
+    h = Harness()
+    calls = _replicas(h, acked=0, replicas=0)
+    [iid] = h.register(1)
+    h.drive()
+    assert h.state(iid) == keys.COMPLETED and calls == []

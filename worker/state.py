@@ -266,8 +266,12 @@ class Store:
     def on_a_replica(self, timeout_ms: int = 2000) -> bool:
         """Whether this connection's writes so far reached a replica (WAIT), so a failover
         cannot undo them; always True without replication. A submit is sent only after its
-        `submitting` mark passed here: a mark lost in a failover would send it twice."""
+        `submitting` mark passed here: a mark lost in a failover would send it twice.
+        A master with no replica connected (its replica just took over from it) has nothing
+        to fail over to, so nothing can undo the write: True."""
         if not self.replicated:
+            return True
+        if not int(self.redis.info("replication").get("connected_slaves", 0)):
             return True
         return int(self.redis.wait(1, timeout_ms)) >= 1
 
