@@ -33,6 +33,7 @@ import importlib.util
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -309,6 +310,9 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        # a rewrite or save child the server forked must not outlive it either
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
     def _acquire_lock(self) -> None:
         """Hold the data folder's lock; ServiceUnavailable if another server is using it."""

@@ -108,6 +108,11 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 _signal_group(child.process, signal.SIGKILL)
                 child.process.wait(5)
+            # a worker's pool children may outlive its main process by a moment: `run`
+            # returns only once every process it started is gone
+            if not wait_group_gone(child.process.pid, deadline):
+                _signal_group(child.process, signal.SIGKILL)
+                wait_group_gone(child.process.pid, time.monotonic() + 5)
         for handle in self._logs:
             handle.close()
         self._logs.clear()
@@ -142,6 +147,20 @@ def _drain(stream: IO[bytes] | None) -> None:
     if stream is not None:
         for _ in iter(stream.readline, b""):
             pass
+
+
+def wait_group_gone(pgid: int, deadline: float) -> bool:
+    """Wait until no process is left in process group `pgid`; False at `deadline`."""
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # only a process of another user, which is not ours
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
