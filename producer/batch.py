@@ -78,6 +78,8 @@ def _extra(spec: ItemSpec, prices: Mapping[str, float] | None, bid: str) -> dict
                                      ensure_ascii=False)
     if spec.parent:
         extra["parent"] = json.dumps(spec.parent, ensure_ascii=False)
+    if spec.unchecked:
+        extra["unchecked_model"] = "1"
     return extra
 
 

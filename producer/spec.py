@@ -50,6 +50,8 @@ class ItemSpec:
     local_inputs: tuple[LocalInput, ...] = ()
     #: for an item of a derived batch: `{"batch_id", "item_id", "output": n}` it comes from
     parent: dict[str, Any] | None = None
+    #: a model not in the catalogue, let through to the API's own validation
+    unchecked: bool = False
 
 
 @dataclass
@@ -119,18 +121,21 @@ def read_and_check(paths: Sequence[Path | str], *, default_model: str | None = N
                    allow_loopback_http: bool = True,
                    sweep: Mapping[str, list[Any]] | None = None,
                    repeat: int | None = None, max_items: int = DEFAULT_MAX_ITEMS,
-                   stdin: LineSource | None = None) -> CheckResult:
+                   stdin: LineSource | None = None,
+                   unchecked_models: bool = False) -> CheckResult:
     """Read every file of one submission, expand its sweeps, and check all rows together.
 
     `sweep` and `repeat` apply to every row (the `--sweep` and `--repeat` options). The
     path `-` is standard input (`stdin` when given), named `<stdin>` in problems.
     Raises `InputError` as soon as the rows read so far would expand to more than
-    `max_items` items, before expanding the row that passes it. Problems come sorted by
+    `max_items` items, before expanding the row that passes it. With `unchecked_models`, a
+    row naming a model the catalogue does not know (but a well-formed id) is not checked
+    here: the API validates it, and its item is marked `unchecked`. Problems come sorted by
     file (in the order given) and line, each distinct one once (`SharedProblem` when several
     items of a swept row share it).
     """
     read_problems: list[Problem] = []
-    checker = _Checker(allow_loopback_http)
+    checker = _Checker(allow_loopback_http, unchecked_models=unchecked_models)
     budget = _ItemBudget(max_items)
     # Row by row, so only the items are ever held, never every row as well (bench/enqueue.py).
     for path in paths:
@@ -190,8 +195,9 @@ class _ItemBudget:
 class _Checker:
     """Checks rows one by one, remembering the ids seen so far."""
 
-    def __init__(self, allow_loopback_http: bool) -> None:
+    def __init__(self, allow_loopback_http: bool, *, unchecked_models: bool = False) -> None:
         self.allow_loopback_http = allow_loopback_http
+        self.unchecked_models = unchecked_models
         self.items: list[ItemSpec] = []
         # Tallies, not lists: the expansions of a swept row share its line and, mostly,
         # its problems; each distinct problem is kept once with how many items had it.
@@ -217,8 +223,13 @@ class _Checker:
         if given_id is not None:
             self._claim(row, given_id, generated=False)
         clean = not row.rejected_fields and self.errors.added == before
-        if clean and isinstance(model, str) and model in catalogue.MODELS:
+        if clean and isinstance(model, str) and (model in catalogue.MODELS
+                                                 or self._unchecked(model)):
             self._add_item(row, model, body, given_id, tuple(local))
+
+    def _unchecked(self, model: str) -> bool:
+        """Whether an unknown model goes through unchecked (`--unchecked-model`)."""
+        return self.unchecked_models and model not in catalogue.MODELS and _model_id_ok(model)
 
     def _local_inputs(self, row: Row, model: Any, body: dict[str, Any]) -> list[LocalInput]:
         """Read the local image files `body` names (replacing them with references) and
@@ -236,6 +247,8 @@ class _Checker:
             known = ", ".join(sorted(catalogue.MODELS))
             self._problem(row, "model", f"missing: add a model column or field, or pass "
                           f"--model (known models: {known})")
+        elif isinstance(model, str) and self._unchecked(model):
+            return  # the API's own validation will judge the body
         else:
             self._validate(row, model, body)
 
@@ -249,7 +262,7 @@ class _Checker:
             if not self._claim(row, item_id, generated=True):
                 return
         self.items.append(ItemSpec(item_id, row.file, row.line, sys.intern(model), body,
-                                   row.sweep, local))
+                                   row.sweep, local, unchecked=model not in catalogue.MODELS))
 
     def _problem(self, row: Row, field_name: str, message: str) -> None:
         self.errors.add(Problem(row.file, row.line, one_line(field_name), one_line(message)))
@@ -293,6 +306,15 @@ class _Checker:
         else:
             self._problem(row, "id", f"duplicate id {item_id!r}: already used at {file}:{line}")
         return False
+
+
+_MODEL_ID = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)+")
+
+
+def _model_id_ok(model: str) -> bool:
+    """A model id the API could route (`owner/name[/task]`, no dot segments)."""
+    return bool(_MODEL_ID.fullmatch(model)) and all(
+        part not in (".", "..") for part in model.split("/"))
 
 
 def _id_problem(value: Any) -> str | None:

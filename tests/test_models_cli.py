@@ -150,3 +150,27 @@ def test_the_fifth_model_runs_end_to_end_against_the_simulator(added: User) -> N
     status = json.loads(added.run("status", "fifth", "--json").stdout)
     assert status["counts"]["completed"] == status["total"] == 3
     assert verified_outputs(status["manifest"]) == {"completed": 3}
+
+
+def test_an_unknown_model_goes_through_unchecked_only_when_asked(user: User) -> None:
+    row = {"model": "acme/unknown-9/text-to-image", "prompt": "x", "anything": 3}
+    spec = user.write("unknown.jsonl", json.dumps(row) + "\n")
+    refused = user.run("validate", str(spec), "--no-preflight")
+    assert refused.returncode == 2 and "rcbatch models add" in refused.stderr
+    allowed = user.run("validate", str(spec), "--no-preflight", "--unchecked-model", "--json")
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads(allowed.stdout)["by_model"] == {"acme/unknown-9/text-to-image": 1}
+    bad_id = user.write("bad.jsonl", json.dumps({**row, "model": "../etc"}) + "\n")
+    assert user.run("validate", str(bad_id), "--no-preflight", "--unchecked-model").returncode == 2
+
+
+def test_an_unchecked_item_is_marked_in_the_manifest() -> None:
+    from rcbatch.producer.batch import _extra
+    from rcbatch.producer.spec import ItemSpec
+    from rcbatch.worker.manifest import manifest_line
+
+    spec = ItemSpec("i", "f.jsonl", 1, "acme/unknown-9/text-to-image", {"prompt": "x"},
+                    unchecked=True)
+    record = {"id": "i", "file": "f.jsonl", "line": "1", "model": spec.model,
+              "input": json.dumps(spec.input), "state": "pending", **_extra(spec, None, "b")}
+    assert manifest_line(record)["unchecked_model"] is True

@@ -62,6 +62,8 @@ def manifest_line(record: Mapping[str, str]) -> dict[str, Any]:
         "submitted_at": _iso(record.get("submitted_at")),
         "finished_at": _iso(record.get("finished_at")),
     }
+    if record.get("unchecked_model"):
+        line["unchecked_model"] = True  # not in the catalogue: only the API checked it
     if record.get("estimate"):
         line["estimated_cost"] = float(record["estimate"])
     if record.get("cost"):

@@ -44,7 +44,7 @@ from rcbatch.config import Settings, load_settings
 def run(files: tuple[Path, ...], simulate: bool, simulate_args: str, bucket_url: str | None,
         workers: int, concurrency: int, name: str | None, default_model: str | None,
         sweeps: tuple[str, ...], repeat: int | None, max_cost: float | None,
-        no_preflight: bool) -> None:
+        no_preflight: bool, unchecked_model: bool) -> None:
     """Run FILES end to end and wait until every item is done."""
     settings = load_settings(bucket_url=bucket_url)
     token = token_for(settings, simulate=simulate)
@@ -54,6 +54,7 @@ def run(files: tuple[Path, ...], simulate: bool, simulate_args: str, bucket_url:
     if simulate and not no_preflight:
         click.echo("preflight skipped: the simulated API does not fetch input images", err=True)
     checked = check_files(files, default_model=default_model, preflight=preflight,
+                          unchecked_models=unchecked_model,
                           settings=settings, expansion=Expansion.from_options(sweeps, repeat),
                           simulated=simulate)
     print_problems(checked.warnings, warning=True)

@@ -29,14 +29,20 @@ sweep_option = click.option("--sweep", "sweeps", multiple=True, metavar="FIELD=V
 max_cost_option = click.option(
     "--max-cost", type=click.FloatRange(min=0), metavar="USD",
     help="Never reserve more than USD for this batch (estimates; the rest stays pending).")
+unchecked_option = click.option(
+    "--unchecked-model", "unchecked_model", is_flag=True,
+    help="Let rows naming a model rcbatch does not know through to the API's own "
+         "validation (marked unchecked_model in the manifest); `rcbatch models add` is "
+         "the checked way.")
 repeat_option = click.option("--repeat", type=click.IntRange(1, 1000), default=None,
                              help="Run each combination N times (distinct seeds).")
 
 
 def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """FILES, --model, --no-preflight, --sweep and --repeat: how a submission is read."""
-    for option in (repeat_option, sweep_option, preflight_option, model_option,
-                   files_argument):
+    """FILES, --model, --no-preflight, --sweep, --repeat and --unchecked-model: how a
+    submission is read."""
+    for option in (unchecked_option, repeat_option, sweep_option, preflight_option,
+                   model_option, files_argument):
         command = option(command)
     return command
 
@@ -67,7 +73,7 @@ class Checked:
 
 def check_files(files: Sequence[Path], *, default_model: str | None, preflight: bool,
                 settings: Settings, expansion: Expansion | None = None,
-                simulated: bool = False) -> Checked:
+                simulated: bool = False, unchecked_models: bool = False) -> Checked:
     """Read, validate and (optionally) preflight every row; ValidationFailed lists all errors.
 
     Plain-http input URLs are accepted only on loopback, and only when the API itself is on
@@ -85,7 +91,8 @@ def check_files(files: Sequence[Path], *, default_model: str | None, preflight: 
     loopback = simulated or is_loopback_url(settings.runcomfy_base_url)
     result = read_and_check(list(files), default_model=default_model,
                             allow_loopback_http=loopback, sweep=expansion.sweep,
-                            repeat=expansion.repeat, max_items=settings.max_items)
+                            repeat=expansion.repeat, max_items=settings.max_items,
+                            unchecked_models=unchecked_models)
     if preflight and not result.problems:
         found = run_preflight(result.items, settings, allow_loopback_http=loopback)
         # one line per problem a row's items share, with their count
@@ -176,12 +183,13 @@ def print_problems(problems: Sequence[Problem], *, warning: bool = False) -> Non
 @spec_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def validate(files: tuple[Path, ...], default_model: str | None, no_preflight: bool,
-             sweeps: tuple[str, ...], repeat: int | None, as_json: bool) -> None:
+             sweeps: tuple[str, ...], repeat: int | None, unchecked_model: bool,
+             as_json: bool) -> None:
     """Check every row of FILES without enqueuing anything; count items after sweeps."""
     settings = load_settings()
     try:
         checked = check_files(files, default_model=default_model, preflight=not no_preflight,
-                              settings=settings,
+                              settings=settings, unchecked_models=unchecked_model,
                               expansion=Expansion.from_options(sweeps, repeat))
     except ValidationFailed as exc:
         if not as_json:
@@ -212,8 +220,8 @@ def validate(files: tuple[Path, ...], default_model: str | None, no_preflight: b
 @click.option("--wait", is_flag=True,
               help="Start workers here (like `run`) and wait until the batch ends.")
 def submit(files: tuple[Path, ...], default_model: str | None, no_preflight: bool,
-           sweeps: tuple[str, ...], repeat: int | None, name: str | None, at: str | None,
-           max_cost: float | None, as_json: bool, wait: bool) -> None:
+           sweeps: tuple[str, ...], repeat: int | None, unchecked_model: bool, name: str | None,
+           at: str | None, max_cost: float | None, as_json: bool, wait: bool) -> None:
     """Validate FILES and register a batch for running workers; returns at once."""
     from rcbatch.cli.schedule import parse_when
     from rcbatch.producer.batch import default_name, register_batch
@@ -228,7 +236,8 @@ def submit(files: tuple[Path, ...], default_model: str | None, no_preflight: boo
                          "`rcbatch run` starts everything itself")
     start_at = parse_when(at) if at else None
     checked = check_files(files, default_model=default_model, preflight=not no_preflight,
-                          settings=settings, expansion=Expansion.from_options(sweeps, repeat))
+                          settings=settings, unchecked_models=unchecked_model,
+                          expansion=Expansion.from_options(sweeps, repeat))
     print_problems(checked.warnings, warning=True)
     stage = input_stager(settings, checked.items)
     client = redis_client(settings.redis_url)
