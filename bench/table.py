@@ -125,3 +125,11 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 Printer = Callable[[str], None]
+
+
+def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain Markdown table: the header, then right-aligned columns after the first."""
+    lines = ["| " + " | ".join(head) + " |",
+             "| --- |" + " --: |" * (len(head) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

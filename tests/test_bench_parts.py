@@ -1,5 +1,5 @@
-"""The parts of benchmarks 5-7 (bench/enqueue.py, streaming.py, scale.py) that compute figures,
-and the report of py-spy samples (bench/profiling.py).
+"""The parts of benchmarks 1 and 5-7 (bench/makespan.py, enqueue.py, streaming.py, scale.py)
+that compute figures, and the report of py-spy samples (bench/profiling.py).
 
 The benchmarks themselves run for minutes; these check, fast, that what they compare is
 comparable (the raw baseline writes what rcbatch writes) and that their arithmetic holds.
@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from bench.enqueue import RAW_SCRIPT, run_child, write_rows
+from bench.makespan import WaveJob, breakdown_table, wave_breakdown, wave_jobs
 from bench.pipeline import Knobs
 from bench.profiling import report
 from bench.scale import Run, Sample
@@ -106,3 +107,38 @@ def test_profile_report_tells_wall_and_cpu_samples_apart(tmp_path: Path) -> None
     assert " 60.0%  redis-py" in wall and " 80.0%  poll step" in wall
     assert cpu.startswith("only the thread holding the GIL")
     assert "4 samples" in cpu and " 0.0%  redis-py" in cpu and " 75.0%  poll step" in cpu
+
+
+def _job(created: float, started: float, finished: float, noticed: float) -> WaveJob:
+    return WaveJob(created=created, started=started, finished=finished, noticed=noticed,
+                   stored=noticed + 0.01)
+
+
+def test_wave_breakdown_splits_each_slot_wait_into_its_parts() -> None:
+    jobs = [_job(0.0, 0.0, 2.0, 2.1), _job(0.0, 0.0, 2.0, 2.2),
+            # wave 1: both slots refilled, 0.2 s after each end was noticed
+            _job(2.3, 2.3, 4.3, 4.35), _job(2.4, 2.4, 4.4, 4.5),
+            # wave 2: one job was already waiting in the API's queue, one refill
+            _job(1.0, 4.3, 6.3, 6.4), _job(4.6, 4.6, 6.6, 6.7)]
+    first, second = wave_breakdown(jobs, cap=2)
+    assert (first.wave, first.queued, first.idle) == (1, 0, 2)
+    assert first.detect == pytest.approx(0.15)  # ended 2.0, noticed 2.1 and 2.2
+    assert first.refill == pytest.approx(0.2)
+    assert first.start == pytest.approx(0.0)
+    assert first.idle_mean == pytest.approx(0.35) and first.idle_max == pytest.approx(0.4)
+    assert (second.queued, second.idle) == (1, 1)
+    # the refill pairs with the first end noticed (4.35), its slot waited 4.4 -> 4.6
+    assert second.detect == pytest.approx(0.05) and second.refill == pytest.approx(0.25)
+    assert second.idle_mean == pytest.approx((0.0 + 0.2) / 2)
+    assert "| 2 | 4.35 | 1 | 1 |" in breakdown_table([first, second])
+
+
+def test_wave_jobs_join_completed_items_with_the_simulators_jobs() -> None:
+    items = {"r1": {"remote_finished_at": "12.5", "finished_at": "12.6"},
+             "r2": {"finished_at": "13.0"}}  # never noticed by a poll: left out
+    sim = [{"request_id": "r1", "created": 1.0, "started": 1.0, "finished": 3.0},
+           {"request_id": "r2", "created": 1.0, "started": 1.0, "finished": 3.0},
+           {"request_id": "r3", "created": 1.0, "started": 1.0, "finished": None}]
+    (job,) = wave_jobs(items, sim)
+    assert job.noticed == 12.5 and job.stored == 12.6
+    assert job.finished - job.created == pytest.approx(2.0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import fakeredis
 import pytest
@@ -18,7 +18,13 @@ from bench import pacing_sim
 from rcbatch.runcomfy.fake import FakeRunComfy
 from rcbatch.worker import fetching, polling, submission
 from rcbatch.worker.bucket import MemoryBucket
-from rcbatch.worker.pacing import Pacer, WakePlan, guard_interval, probe_interval
+from rcbatch.worker.pacing import (
+    Pacer,
+    WakePlan,
+    guard_interval,
+    latency_gap,
+    probe_interval,
+)
 from rcbatch.worker.runtime import Limits, RecordingPublisher, Runtime
 from rcbatch.worker.state import NewItem, Store
 
@@ -44,7 +50,8 @@ def poll_times(pacer: Pacer, horizon: float) -> list[float]:
     return times
 
 
-@pytest.mark.parametrize("low, high", [(1.0, 3.0), (30.0, 45.0), (90.0, 120.0)])
+@pytest.mark.parametrize("low, high", [(1.0, 3.0), (30.0, 45.0), (90.0, 120.0), (2.0, 2.0),
+                                       (30.0, 30.0)])
 def test_a_timed_job_is_seen_within_its_bar_wherever_it_ends(low: float, high: float) -> None:
     history = [low + (high - low) * k / 9 for k in range(10)]
     times = poll_times(pacer_over(history), 2 * high)
@@ -52,6 +59,39 @@ def test_a_timed_job_is_seen_within_its_bar_wherever_it_ends(low: float, high: f
         end = low + (2 * high - low) * step / 400
         seen = min(t for t in times if t >= end)
         assert seen - end + HAND_OFF <= bar(end), (end, seen)
+
+
+def test_jobs_of_one_duration_are_asked_just_after_they_end_not_a_gap_later() -> None:
+    # a sweep: every job of the model takes 2 s, those that waited in the API's queue longer
+    for history in ([2.0] * 24, [2.0] * 12 + [3.7] * 12, [2.0 + k * 0.001 for k in range(24)],
+                    [2.0] * 16 + [2.1, 2.2, 2.3, 2.4] * 2 + [3.6] * 8):
+        first = pacer_over(history).first_delay(MODEL)
+        assert 0.0 <= first - max(history[:12]) <= 0.05, (history, first)
+        assert first < 2.0 + latency_gap(2.0) / 2
+
+
+def test_spread_durations_keep_their_first_poll_a_gap_after_the_earliest_end() -> None:
+    # moving the first poll earlier would cost polls: the ends are spread over the gap
+    history = [1.0 + 2.0 * k / 199 for k in range(200)]
+    early = history[round(0.03 * 199)]
+    first = pacer_over(history).first_delay(MODEL)
+    assert first >= early + 0.95 * latency_gap(early)
+
+
+def test_a_few_equal_durations_do_not_yet_pull_the_first_poll_in() -> None:
+    first = pacer_over([2.0, 2.0, 2.0]).first_delay(MODEL)
+    assert first >= 2.0 + 0.95 * latency_gap(2.0)
+
+
+def test_a_wave_of_equal_jobs_is_seen_done_by_one_poll_each_just_after_it_ends() -> None:
+    durations = {f"i{k:02d}": 2.0 for k in range(12)}
+    cluster = Cluster(durations, history=[2.0] * 24)
+    cluster.run(until=cluster.now + 10.0)
+    items = [cluster.item(iid) for iid in durations]
+    assert all(r["state"] == "completed" for r in items)
+    assert len(cluster.asked) == len(durations)
+    for r in items:
+        assert float(r["remote_finished_at"]) - (float(r["submitted_at"]) + 2.0) <= 0.05
 
 
 def test_a_timed_job_is_not_polled_before_the_earliest_jobs_end() -> None:
@@ -143,7 +183,7 @@ class Cluster:
     """rcbatch's real steps over fakeredis and the fake API, run in countdown order by a
     hand-moved clock; the fake API ends each job `durations[item]` s after its submission."""
 
-    def __init__(self, durations: dict[str, float]) -> None:
+    def __init__(self, durations: dict[str, float], history: Sequence[float] = ()) -> None:
         self.now = 1_000.0
         self.api = FakeRunComfy(auto_advance=False)
         self.publisher = RecordingPublisher()
@@ -162,6 +202,8 @@ class Cluster:
         specs = [NewItem(iid, "in.jsonl", k + 1, MODEL, {"prompt": iid})
                  for k, iid in enumerate(durations)]
         self.store.register("b", {"name": "b", "bucket_url": "memory://t"}, specs)
+        for seconds in history:  # the model timed by an earlier batch
+            self.store.record_duration(MODEL, seconds)
         submission.dispatch(self.rt)
 
     def run(self, until: float) -> None:

@@ -18,6 +18,7 @@ planned delay is slept in several hops (worker/polling.py).
 
 from __future__ import annotations
 
+import bisect
 import random
 import time
 import zlib
@@ -46,6 +47,16 @@ TRUSTED_HISTORY = 10
 EARLY_QUANTILE = 0.03
 #: a planned gap is shortened by up to this share at random, to spread polls out
 JITTER = 0.05
+#: a job's first poll aims just after a spike of the history at its earliest likely end, if
+#: it has one (see `Pacer._first_aim`): at least AIM_SAMPLES ends and SPIKE_SHARE of those
+#: within one gap of the earliest, all within SPIKE_WIDTH of that gap ...
+AIM_SAMPLES = 8
+SPIKE_SHARE = 0.5
+SPIKE_WIDTH = 0.1
+#: ... plus this much: a poll landing just before the end costs a poll and a whole gap
+#: (the job's clock starts when its submit was answered, after the API's own, and a round
+#: runs up to a tick after its polls' planned time, so the end is rarely missed)
+AIM_MARGIN = 0.02
 
 # --- the cold start (see Pacer.cold_wake) ------------------------------------------------
 #: a job of a model not timed yet wakes up (without asking the API) every this share of its
@@ -93,7 +104,9 @@ class Pacer:
     `LATENCY_FLOOR`, and this is the fewest polls that guarantee it: an end just after one
     poll must be seen by the next (about log(slowest/earliest) / log(1 + LATENCY_SHARE)
     polls at most). Only the gap beyond the earliest end is jittered: jittering the whole
-    delay would pull the first poll before any job can be done.
+    delay would pull the first poll before any job can be done. When the history has a
+    spike at its earliest end (jobs that all take the same time, as in a sweep), the first
+    poll aims just after the spike instead of a gap after it (`_first_aim`).
 
     Before a model is timed, see `cold_wake`.
     """
@@ -183,9 +196,29 @@ class Pacer:
 
     def _planned(self, history: Sequence[float], elapsed: float) -> float:
         early = _quantile(history, EARLY_QUANTILE)
-        base = max(elapsed, early)
-        gap = self._jitter(LATENCY_SHARE * base + LATENCY_FLOOR)
-        return min(MAX_PLANNED_DELAY, max(MIN_POLL_DELAY, base - elapsed + gap))
+        if elapsed < early:
+            return _clamp(self._first_aim(history, early) - elapsed)
+        return _clamp(self._jitter(latency_gap(elapsed)))
+
+    def _first_aim(self, history: Sequence[float], early: float) -> float:
+        """When (after submission) a job is first asked: one gap after the earliest likely
+        end, or just after the ends of the history's spike at its start, if it has one.
+
+        Any aim within [early, early + gap] sees the jobs that end in between within their
+        bar. When most of the ends the history shows there (SPIKE_SHARE of them) come within
+        SPIKE_WIDTH of the gap after the earliest (jobs that all take the same time, as in a
+        sweep; the others waited in the API's queue), aiming just after that spike sees
+        those jobs a gap sooner, which is what a wave of equal jobs waits for before its
+        slots are refilled; the later ones in the gap cost a poll more. With spread-out
+        durations there is no spike and the aim stays a gap after the earliest end: moving
+        a job's polls earlier by x costs about x / gap polls more per job."""
+        gap = self._jitter(latency_gap(early))
+        inside = history[bisect.bisect_left(history, early):
+                         bisect.bisect_right(history, early + gap)]
+        spike = inside[:bisect.bisect_right(inside, early + SPIKE_WIDTH * gap)]
+        if len(spike) < AIM_SAMPLES or len(spike) < SPIKE_SHARE * len(inside):
+            return early + gap  # no spike (or too few ends to tell one)
+        return spike[-1] + AIM_MARGIN
 
     def _history(self, model: str) -> list[float]:
         now = self.clock()
@@ -199,6 +232,16 @@ class Pacer:
     def _jitter(self, delay: float) -> float:
         # only ever earlier: a later poll would add latency past the aim
         return max(MIN_POLL_DELAY, delay * self.rng.uniform(1.0 - JITTER, 1.0))
+
+
+def latency_gap(elapsed: float) -> float:
+    """The longest a job that is `elapsed` s old may stay unseen after it ends (the pacing's
+    aim: LATENCY_SHARE of its time + LATENCY_FLOOR)."""
+    return LATENCY_SHARE * elapsed + LATENCY_FLOOR
+
+
+def _clamp(delay: float) -> float:
+    return min(MAX_PLANNED_DELAY, max(MIN_POLL_DELAY, delay))
 
 
 def wake_interval(age: float) -> float:
