@@ -24,7 +24,7 @@ from rcbatch.cli.cmd_validate import (
 )
 from rcbatch.cli.logs import log_to_file, warnings_line
 from rcbatch.cli.session import session, token_for
-from rcbatch.cli.waiting import outputs_folder, wait_for
+from rcbatch.cli.waiting import again_command, outputs_folder, wait_for
 from rcbatch.config import Settings, load_settings
 
 
@@ -66,8 +66,9 @@ def run(files: tuple[Path, ...], simulate: bool, simulate_args: str, bucket_url:
         code = _run(settings, token, checked.items, batch_name, files, simulate,
                     shlex.split(simulate_args), workers, concurrency, max_cost)
     except KeyboardInterrupt:
-        click.echo(f"\nrcbatch: interrupted; the batch is saved. Resume with the same command "
-                   f"(batch name {batch_name!r}).", err=True)
+        click.echo(f"\nrcbatch: interrupted; the batch is saved (jobs already at the API go on "
+                   f"and are paid for). Resume with the same command: {again_command()}",
+                   err=True)
         raise SystemExit(130) from None
     warned = warnings_line(counter, log_path)
     if warned:
