@@ -27,6 +27,7 @@ from rcbatch.worker.pacing import (
 )
 from rcbatch.worker.runtime import Limits, RecordingPublisher, Runtime
 from rcbatch.worker.state import NewItem, Store
+from tests.test_steps import ref
 
 MODEL = "bytedance/dreamina-4-0/text-to-image"
 #: task hand-off and fetch, which the pacing's margin has to cover
@@ -214,7 +215,7 @@ class Cluster:
             self._end_jobs()
             before = len(self.api.calls("result"))
             if kind in steps:
-                steps[kind](self.rt, *args)  # type: ignore[operator]
+                steps[kind](self.rt, ref(kind, args))
             self.asked += [self.now] * (len(self.api.calls("result")) - before)
             self._collect()
 

@@ -32,10 +32,9 @@ _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp",
 _INERT = "application/octet-stream"
 
 
-def fetch(rt: Runtime, ref: StepRef | str, iid: str = "", seq: int = 0) -> None:
-    """Store every output of one item whose step is still the ref's (`StepRef.at_seq`; the
-    message's own `bid, iid, seq` are taken too), then complete it."""
-    ref = ref if isinstance(ref, StepRef) else StepRef.at_seq(ref, iid, seq)
+def fetch(rt: Runtime, ref: StepRef) -> None:
+    """Store every output of one item whose step is still the ref's (`StepRef.at_seq`), then
+    complete it."""
     step = rt.store.begin_step(ref, expect=(keys.FETCHING,))
     if not step.ok:
         return

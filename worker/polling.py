@@ -38,10 +38,9 @@ SCOUT_MEMORY = 600
 HOP_SLACK = 0.05
 
 
-def poll(rt: Runtime, ref: StepRef | str, iid: str = "", seq: int = 0) -> None:
+def poll(rt: Runtime, ref: StepRef) -> None:
     """Poll one item's remote job if the ref's step is still its current one
-    (`StepRef.at_seq`; the message's own `bid, iid, seq` are taken too)."""
-    ref = ref if isinstance(ref, StepRef) else StepRef.at_seq(ref, iid, seq)
+    (`StepRef.at_seq`)."""
     step = rt.store.begin_step(ref, expect=_REMOTE)
     if not step.ok:
         return

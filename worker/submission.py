@@ -75,10 +75,8 @@ def _submit_inline(rt: Runtime, ref: StepRef) -> None:
         rt.submitting_inline = False
 
 
-def submit(rt: Runtime, ref: StepRef | str, iid: str = "", token: str = "") -> None:
-    """Submit one claimed item, guarded by its dispatch token (`StepRef.claimed`; the
-    message's own `bid, iid, token` are taken too)."""
-    ref = ref if isinstance(ref, StepRef) else StepRef.claimed(ref, iid, token)
+def submit(rt: Runtime, ref: StepRef) -> None:
+    """Submit one claimed item, guarded by its dispatch token (`StepRef.claimed`)."""
     step = rt.store.begin_step(ref, expect=(keys.CLAIMED, keys.SUBMITTING))
     if not step.ok:
         rt.item_log(ref).debug("stale_submit", state=step.state)
