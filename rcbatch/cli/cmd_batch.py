@@ -14,7 +14,7 @@ import time
 import click
 
 from rcbatch.cli.progress import batch_state, follow, summary
-from rcbatch.cli.services import open_redis, open_store, resolve_batch
+from rcbatch.cli.services import open_redis, open_store, resolve_batch, wake_workers
 from rcbatch.config import Settings, load_settings
 from rcbatch.errors import InputError
 from rcbatch.worker import keys, operations, retention
@@ -207,8 +207,9 @@ def retry(batch: str, only_failed: bool, all_failed: bool, uncertain: bool, wait
         count = operations.retry_items(store, bid, chosen)
         click.echo(f"{count} items queued again in batch {bid}")
         if count and not wait:  # without a nudge they would wait for the reconciler's tick
-            _nudge_dispatch(settings.model_copy(update={"redis_url": url}),
-                            f"rcbatch retry {batch} --wait")
+            wake_workers(settings.model_copy(update={"redis_url": url}),
+                         f"`rcbatch retry {batch} --wait` runs it here, or start "
+                         "`rcbatch worker`")
     if wait:
         from rcbatch.cli.waiting import wait_here
 
@@ -271,24 +272,13 @@ def resume(batch: str, wait: bool) -> None:
             raise InputError(f"batch {bid} is not paused")
         click.echo(f"batch {bid} resumed")
         if not wait:
-            _nudge_dispatch(settings.model_copy(update={"redis_url": url}),
-                            f"rcbatch resume {batch} --wait")
+            wake_workers(settings.model_copy(update={"redis_url": url}),
+                         f"`rcbatch resume {batch} --wait` runs it here, or start "
+                         "`rcbatch worker`")
     if wait:
         from rcbatch.cli.waiting import wait_here
 
         raise SystemExit(wait_here(settings, bid))
-
-
-def _nudge_dispatch(settings: Settings, wait_command: str) -> None:
-    """Wake the workers up; when none answers, say so and what runs the batch."""
-    from rcbatch.worker.celery_app import configure
-    from rcbatch.worker.tasks import CeleryPublisher
-
-    app = configure(settings)
-    CeleryPublisher().dispatch()
-    if not app.control.ping(timeout=1.0, limit=1):
-        click.echo(f"rcbatch: no worker is serving this Redis, so nothing runs yet: "
-                   f"`{wait_command}` runs it here, or start `rcbatch worker`", err=True)
 
 
 @click.command()

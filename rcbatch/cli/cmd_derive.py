@@ -125,15 +125,10 @@ def _register(settings: Settings, batch: str, request: _Request) -> tuple[str, i
 
 def _nudge(settings: Settings, bid: str) -> None:
     """Wake running workers; when none answers, say what runs the batch."""
-    from rcbatch.worker.celery_app import configure
-    from rcbatch.worker.tasks import CeleryPublisher
+    from rcbatch.cli.services import wake_workers
 
     if not settings.redis_url:
         click.echo(f"rcbatch: batch {bid} registered in the embedded Redis: "
                    f"`rcbatch retry {bid} --wait` runs it (or derive with --wait)", err=True)
         return
-    app = configure(settings)
-    CeleryPublisher().dispatch()
-    if not app.control.ping(timeout=1.0, limit=1):
-        click.echo("rcbatch: no worker is serving this Redis yet, so nothing runs: start "
-                   "`rcbatch worker`, or derive with --wait", err=True)
+    wake_workers(settings, "start `rcbatch worker`, or derive with --wait")

@@ -224,11 +224,10 @@ def submit(files: tuple[Path, ...], default_model: str | None, no_preflight: boo
            at: str | None, max_cost: float | None, as_json: bool, wait: bool) -> None:
     """Validate FILES and register a batch for running workers; returns at once."""
     from rcbatch.cli.schedule import parse_when
+    from rcbatch.cli.services import wake_workers
     from rcbatch.producer.batch import default_name, register_batch
-    from rcbatch.worker.celery_app import configure
     from rcbatch.worker.connection import check_redis, redis_client
     from rcbatch.worker.state import Store
-    from rcbatch.worker.tasks import CeleryPublisher
 
     settings = load_settings()
     if not settings.redis_url:
@@ -255,9 +254,5 @@ def submit(files: tuple[Path, ...], default_model: str | None, no_preflight: boo
         from rcbatch.cli.waiting import wait_here
 
         raise SystemExit(wait_here(settings, reg.batch_id))
-    app = configure(settings)
-    CeleryPublisher().dispatch()
-    if not app.control.ping(timeout=1.0, limit=1):
-        click.echo("rcbatch: no worker is serving this Redis yet, so nothing runs: start "
-                   "`rcbatch worker` (any number, on any machine), or submit with --wait",
-                   err=True)
+    wake_workers(settings, "start `rcbatch worker` (any number, on any machine), or submit "
+                           "with --wait")

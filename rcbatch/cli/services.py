@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import click
+
 from rcbatch.cli.embedded_redis import ensure_redis
 from rcbatch.config import Settings
 from rcbatch.errors import InputError
@@ -43,3 +45,16 @@ def resolve_batch(store: Store, ref: str) -> str:
     if bid is None:
         raise InputError(f"no batch with id or name {ref!r}")
     return bid
+
+
+def wake_workers(settings: Settings, how_to_run: str) -> None:
+    """Send the dispatch nudge to the workers of this Redis; when none answers a ping, say
+    in one line that nothing runs yet and `how_to_run` it."""
+    from rcbatch.worker.celery_app import configure
+    from rcbatch.worker.tasks import CeleryPublisher
+
+    app = configure(settings)
+    CeleryPublisher().dispatch()
+    if not app.control.ping(timeout=1.0, limit=1):
+        click.echo(f"rcbatch: no worker is serving this Redis, so nothing runs yet: "
+                   f"{how_to_run}", err=True)
