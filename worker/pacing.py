@@ -31,6 +31,8 @@ MAX_POLL_DELAY = 30.0
 #: the longest delay the pacer plans between two polls of one job
 MAX_PLANNED_DELAY = 900.0
 MIN_POLL_DELAY = 0.2
+#: a poll woken this close to its planned time polls (countdowns are not exact)
+HOP_SLACK = 0.05
 #: what the pacing aims at: a job is seen done within this share of its time + this floor
 #: (the benchmark's bar is 10 % + 0.5 s at p95; the margin covers task hand-off and fetch)
 LATENCY_SHARE = 0.08
@@ -133,6 +135,29 @@ class Pacer:
             return self._jitter(wake_interval(elapsed))
         return self._planned(history, elapsed)
 
+    def first_wake(self, model: str) -> float | None:
+        """When (after submission) a job whose first poll was just planned wakes up to plan
+        it again (`re_aim`), or None: it sleeps until its poll. Only while the model's
+        history is too short to show a spike (`_first_aim`): its first jobs are planned on a
+        gap after the earliest end, and by the time they may end the history has usually
+        grown (the jobs submitted with them have ended too), so they wake at the earliest
+        likely end and aim again; a wake-up asks nothing of the API."""
+        history = self._history(model)
+        if not MIN_HISTORY <= len(history) < AIM_SAMPLES:
+            return None
+        return _quantile(history, EARLY_QUANTILE)
+
+    def re_aim(self, model: str, elapsed: float, remaining: float) -> float:
+        """The rest of the wait of a job not asked yet, `elapsed` s after its submission and
+        `remaining` s before its planned first poll: shortened to the first aim of the
+        history as it is now when that comes sooner (0: ask now), else unchanged."""
+        history = self._history(model)
+        if len(history) < MIN_HISTORY:
+            return remaining
+        early = _quantile(history, EARLY_QUANTILE)
+        spike = _spike_end(history, early, latency_gap(early))
+        return remaining if spike is None else max(0.0, min(remaining, spike - elapsed))
+
     def timed(self, model: str) -> bool:
         """Whether enough durations of `model` are known to plan its polls."""
         return len(self._history(model)) >= MIN_HISTORY
@@ -213,12 +238,8 @@ class Pacer:
         durations there is no spike and the aim stays a gap after the earliest end: moving
         a job's polls earlier by x costs about x / gap polls more per job."""
         gap = self._jitter(latency_gap(early))
-        inside = history[bisect.bisect_left(history, early):
-                         bisect.bisect_right(history, early + gap)]
-        spike = inside[:bisect.bisect_right(inside, early + SPIKE_WIDTH * gap)]
-        if len(spike) < AIM_SAMPLES or len(spike) < SPIKE_SHARE * len(inside):
-            return early + gap  # no spike (or too few ends to tell one)
-        return spike[-1] + AIM_MARGIN
+        spike = _spike_end(history, early, gap)
+        return early + gap if spike is None else spike
 
     def _history(self, model: str) -> list[float]:
         now = self.clock()
@@ -238,6 +259,17 @@ def latency_gap(elapsed: float) -> float:
     """The longest a job that is `elapsed` s old may stay unseen after it ends (the pacing's
     aim: LATENCY_SHARE of its time + LATENCY_FLOOR)."""
     return LATENCY_SHARE * elapsed + LATENCY_FLOOR
+
+
+def _spike_end(history: Sequence[float], early: float, gap: float) -> float | None:
+    """Just after the spike of the (sorted) history at `early`, if it has one: at least
+    AIM_SAMPLES ends within SPIKE_WIDTH of `gap` after it, and SPIKE_SHARE of those within
+    the gap (see `Pacer._first_aim`); None when it has none, or too few ends to tell."""
+    inside = history[bisect.bisect_left(history, early):bisect.bisect_right(history, early + gap)]
+    spike = inside[:bisect.bisect_right(inside, early + SPIKE_WIDTH * gap)]
+    if len(spike) < AIM_SAMPLES or len(spike) < SPIKE_SHARE * len(inside):
+        return None
+    return spike[-1] + AIM_MARGIN
 
 
 def _clamp(delay: float) -> float:

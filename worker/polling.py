@@ -24,7 +24,7 @@ from rcbatch.errors import (
 from rcbatch.runcomfy.answers import JobState, ResultAnswer
 from rcbatch.worker import keys
 from rcbatch.worker.fetching import store_outputs
-from rcbatch.worker.pacing import MAX_POLL_DELAY, SCOUTS, backoff
+from rcbatch.worker.pacing import HOP_SLACK, MAX_POLL_DELAY, SCOUTS, backoff
 from rcbatch.worker.refs import PendingFetch, StepRef
 from rcbatch.worker.runtime import Runtime, outage_service
 from rcbatch.worker.state import REMOVE, Step
@@ -34,8 +34,11 @@ _REMOTE = (keys.SUBMITTED, keys.RUNNING)
 #: seconds the submission time of a model's oldest untimed job is kept after the last wake-up
 #: of an old job (old jobs wake far more often; a stale one would keep the others young)
 SCOUT_MEMORY = 600
-#: a poll woken this close to its planned time polls (countdowns are not exact)
-HOP_SLACK = 0.05
+#: the jobs woken by a model's first duration are asked this soon: through the poll timer,
+#: in rounds of a few polls each, whose fetches wait until the round's polls ran (a wave of
+#: jobs that ended together gets its slots refilled before the downloads), rather than in a
+#: message each (worker/poll_timer.py)
+WAKE_SOON = 0.001
 
 
 def poll(rt: Runtime, ref: StepRef) -> None:
@@ -79,11 +82,20 @@ def poll(rt: Runtime, ref: StepRef) -> None:
 
 
 def _hop(rt: Runtime, ref: StepRef, item: dict[str, str], cancelled: bool) -> bool:
-    """A poll planned further ahead than one countdown may reach wakes up early: sleep the
-    rest (one more hop) without asking the API; True when it did."""
-    remaining = float(item.get("poll_at") or 0) - rt.clock()
+    """A poll planned further ahead than one countdown may reach, or a first poll planned on
+    a short history (`Pacer.first_wake`), wakes up early: sleep the rest (one more hop)
+    without asking the API, a job not asked yet aiming again with the history as it is now
+    (`Pacer.re_aim`); True when it slept."""
+    now = rt.clock()
+    remaining = float(item.get("poll_at") or 0) - now
     if remaining <= HOP_SLACK or cancelled:
         return False
+    if not int(item.get("polls") or 0):
+        assert rt.pacer is not None
+        elapsed = now - float(item.get("submitted_at") or now)
+        remaining = rt.pacer.re_aim(item["model"], elapsed, remaining)
+        if remaining <= HOP_SLACK:
+            return False
     return _schedule(rt, ref, remaining, {})
 
 
@@ -251,7 +263,7 @@ def _record_duration(rt: Runtime, model: str, seconds: float) -> None:
         for bid, iid in rt.store.take_waiting_for_timing(model):
             seq = rt.store.wake_poll(bid, iid, due=rt.clock() + rt.limits.step_grace)
             if seq is not None:
-                rt.publisher.poll(bid, iid, seq)
+                rt.publisher.poll(bid, iid, seq, countdown=WAKE_SOON)
 
 
 def _job_time(answer: ResultAnswer, item: dict[str, str], now: float) -> float:

@@ -24,7 +24,7 @@ from rcbatch.errors import (
 )
 from rcbatch.worker import keys
 from rcbatch.worker.bucket.inputs import PRESIGN_SECONDS, has_refs, presigned_body
-from rcbatch.worker.pacing import MAX_POLL_DELAY, backoff
+from rcbatch.worker.pacing import HOP_SLACK, MAX_POLL_DELAY, backoff
 from rcbatch.worker.refs import StepRef
 from rcbatch.worker.runtime import Runtime, outage_service
 from rcbatch.worker.state import REMOVE
@@ -211,6 +211,9 @@ def _accepted(rt: Runtime, ref: StepRef, request_id: str, model: str) -> None:
     assert rt.pacer is not None
     delay = rt.pacer.first_delay(model)
     hop = min(delay, MAX_POLL_DELAY)  # a longer delay is slept in hops (worker/polling.py)
+    wake = rt.pacer.first_wake(model)
+    if wake is not None and wake < hop - HOP_SLACK:
+        hop = wake  # planned on a short history: wake at its earliest end to aim again
     ok, _ = rt.store.transition(
         ref, expect=(keys.SUBMITTING,), to=keys.SUBMITTED,
         due=now + hop + rt.limits.step_grace, inflight=now + rt.limits.slot_lease,
