@@ -14,7 +14,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
@@ -79,6 +79,9 @@ class Publisher(Protocol):
     def submit(self, bid: str, iid: str, token: str, countdown: float = 0) -> None:
         """Ask a worker to submit a claimed item."""
 
+    def submit_group(self, claims: Sequence[tuple[str, str, str]]) -> None:
+        """Ask a worker to submit several claimed items, (bid, iid, token) each, at once."""
+
     def poll(self, bid: str, iid: str, seq: int, countdown: float = 0) -> None:
         """Ask a worker to poll an item's remote job."""
 
@@ -91,13 +94,22 @@ class Publisher(Protocol):
 
 @dataclass
 class RecordingPublisher:
-    """A `Publisher` that only records what it was asked to send (for tests)."""
+    """A `Publisher` that only records what it was asked to send (for tests). A group of
+    submits is recorded as the submits it carries (harnesses run them one by one, which is
+    what a group does, but for sending their API calls together) and in `groups`."""
 
     sent: list[tuple[str, tuple[Any, ...], float]] = field(default_factory=list)
+    groups: list[list[tuple[str, str, str]]] = field(default_factory=list)
 
     def submit(self, bid: str, iid: str, token: str, countdown: float = 0) -> None:
         """Record a submit nudge."""
         self.sent.append(("submit", (bid, iid, token), countdown))
+
+    def submit_group(self, claims: Sequence[tuple[str, str, str]]) -> None:
+        """Record a group of submits, as its submits."""
+        self.groups.append(list(claims))
+        for claim in claims:
+            self.submit(*claim)
 
     def poll(self, bid: str, iid: str, seq: int, countdown: float = 0) -> None:
         """Record a poll nudge."""

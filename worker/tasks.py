@@ -17,6 +17,7 @@ messages.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -70,6 +71,10 @@ class CeleryPublisher:
     def submit(self, bid: str, iid: str, token: str, countdown: float = 0) -> None:
         """Nudge a submit."""
         self._send("rcbatch.submit", [bid, iid, token], countdown)
+
+    def submit_group(self, claims: Sequence[tuple[str, str, str]]) -> None:
+        """Nudge the submits of several claimed items, in one message."""
+        self._send("rcbatch.submit_group", [list(claim) for claim in claims], 0)
 
     def poll(self, bid: str, iid: str, seq: int, countdown: float = 0) -> None:
         """Nudge a poll: now as a message of its own, later through the timer."""
@@ -168,6 +173,12 @@ def _celery(rt: Runtime) -> tuple[CeleryPublisher, PollTimer]:
 def submit_task(bid: str, iid: str, token: str) -> None:
     """Submit one claimed item."""
     submission.submit(runtime(), StepRef.claimed(bid, iid, token))
+
+
+@app.task(name="rcbatch.submit_group")
+def submit_group_task(*claims: list[str]) -> None:
+    """Submit several claimed items ([bid, iid, token] each)."""
+    submission.submit_group(runtime(), [StepRef.claimed(*claim) for claim in claims])
 
 
 @app.task(name="rcbatch.poll")
