@@ -199,7 +199,8 @@ class Run:
 
     def _not_done(self, job: Job, age: float) -> None:
         """worker/polling.py `_still_waiting`."""
-        delay = self.pacer.next_delay(job.model, age, job.polls)
+        delay = self.pacer.next_delay(job.model, age, job.polls,
+                                      tail=len(self.jobs) >= self.scenario.jobs)
         if not self.pacer.timed(job.model):
             job.scout_at = self.pacer.next_probe(self.now, age)
         self._later(delay, job)

@@ -129,6 +129,29 @@ def test_refills_submitted_before_the_history_showed_a_spike_are_seen_just_after
         assert float(r["remote_finished_at"]) - (float(r["submitted_at"]) + 2.0) <= 0.05
 
 
+def test_the_last_wave_of_a_uniform_sweep_is_asked_twice_as_often() -> None:
+    # half the jobs end at 2 s, the others waited in the API's queue and end later
+    uniform = pacer_over([2.0] * 20 + [2.4 + 0.1 * k for k in range(20)])
+    usual = uniform.next_delay(MODEL, 2.6, 2)
+    assert uniform.next_delay(MODEL, 2.6, 2, tail=True) == pytest.approx(usual / 2, rel=0.06)
+    assert uniform.next_delay(MODEL, 1.0, 0, tail=True) == pytest.approx(
+        uniform.next_delay(MODEL, 1.0, 0), rel=0.06)  # its first poll keeps its aim
+
+
+def test_a_sweeps_last_job_that_waited_in_the_api_queue_is_asked_every_half_gap() -> None:
+    cluster = Cluster({"i00": 3.0}, history=[2.0] * 20 + [2.4 + 0.1 * k for k in range(20)])
+    cluster.run(until=cluster.now + 10.0)
+    assert cluster.item("i00")["state"] == "completed"  # nothing left to submit: the tail
+    submitted = float(cluster.item("i00")["submitted_at"])
+    first, second = cluster.asked[0] - submitted, cluster.asked[1] - submitted
+    assert first < 2.1 and second - first <= 0.55 * latency_gap(first)
+
+
+def test_spread_durations_keep_their_gaps_in_the_tail() -> None:
+    spread = pacer_over([1.0 + 2.0 * k / 199 for k in range(200)])
+    assert spread.next_delay(MODEL, 2.0, 2, tail=True) >= 0.95 * latency_gap(2.0)
+
+
 def test_a_timed_job_is_not_polled_before_the_earliest_jobs_end() -> None:
     times = poll_times(pacer_over([30.0 + k for k in range(16)]), 60.0)
     assert times[0] >= 30.0

@@ -120,6 +120,17 @@ def test_begin_step_counts_deliveries_of_the_same_step(store: Store) -> None:
     assert store.begin_step("a", "i0", expect=(keys.SUBMITTED,), guard=("seq", "2"))[0] is False
 
 
+def test_begin_step_tells_how_many_of_the_batch_are_still_to_be_submitted(
+        store: Store) -> None:
+    store.register("a", {}, items(2))
+    store.transition("a", "i0", expect=(keys.PENDING,), to=keys.SUBMITTED, values={"seq": 1})
+    step = store.begin_step("a", "i0", expect=(keys.SUBMITTED,), guard=("seq", "1"))
+    assert step.batch["pending"] == "1"
+    store.transition("a", "i1", expect=(keys.PENDING,), to=keys.SUBMITTED, values={"seq": 1})
+    step = store.begin_step("a", "i1", expect=(keys.SUBMITTED,), guard=("seq", "1"))
+    assert step.batch["pending"] == "0"
+
+
 def test_only_a_sleeping_poll_step_is_woken(store: Store, clock: Clock) -> None:
     store.register("a", {}, items(2))
     for iid in ("i0", "i1"):

@@ -47,6 +47,12 @@ TRUSTED_HISTORY = 10
 #: (simulated, image-like run: 2 % costs 0.17 poll per job more than 5 % for 0.05 less p95
 #: latency ratio; 3 % is between)
 EARLY_QUANTILE = 0.03
+#: the share of a gap between the polls of a uniform sweep's last jobs (`Pacer.next_delay`),
+#: a model counting as uniform when at least TAIL_SAMPLES of its recent ends came within
+#: SPIKE_WIDTH of a gap of its earliest (the jobs that waited in the API's queue end later:
+#: no share of them is asked for; 16 of 200 spread evenly over 1-3 s would be 4 to 5)
+TAIL_SHARE = 0.5
+TAIL_SAMPLES = 16
 #: a planned gap is shortened by up to this share at random, to spread polls out
 JITTER = 0.05
 #: a job's first poll aims just after a spike of the history at its earliest likely end, if
@@ -123,17 +129,30 @@ class Pacer:
         """Delay from submission to the first poll (or, model untimed, the first wake-up)."""
         return self.next_delay(model, 0.0, 0)
 
-    def next_delay(self, model: str, elapsed: float, polls: int) -> float:
+    def next_delay(self, model: str, elapsed: float, polls: int, *,
+                   tail: bool = False) -> float:
         """Delay to the next poll of a job that is not done yet (model untimed: to its next
         wake-up, see `cold_wake`).
 
         `elapsed`: seconds since the job was submitted; `polls`: how many polls it has had
-        (not needed by this policy, which depends on the time elapsed only).
+        (not needed by this policy, which depends on the time elapsed only); `tail`: the
+        job's batch has nothing left to submit. Then, if many of the model's jobs take the
+        same time (a spike of the history at its earliest end), the job is one of a sweep's
+        last wave, whose slowest end is when the batch is done; those that were not done at
+        the spike waited in the API's queue and end anywhere within a job's time after it,
+        so they are asked TAIL_SHARE of a gap apart. (Not with spread-out durations: there
+        the tail is a third of a video batch, and this would cost it a third of a poll per
+        job.)
         """
         history = self._history(model)
         if len(history) < MIN_HISTORY:
             return self._jitter(wake_interval(elapsed))
-        return self._planned(history, elapsed)
+        delay = self._planned(history, elapsed)
+        early = _quantile(history, EARLY_QUANTILE)
+        if tail and elapsed >= early and _spike_end(
+                history, early, latency_gap(early), samples=TAIL_SAMPLES, share=0.0) is not None:
+            return max(MIN_POLL_DELAY, TAIL_SHARE * delay)
+        return delay
 
     def first_wake(self, model: str) -> float | None:
         """When (after submission) a job whose first poll was just planned wakes up to plan
@@ -261,13 +280,14 @@ def latency_gap(elapsed: float) -> float:
     return LATENCY_SHARE * elapsed + LATENCY_FLOOR
 
 
-def _spike_end(history: Sequence[float], early: float, gap: float) -> float | None:
+def _spike_end(history: Sequence[float], early: float, gap: float, *,
+               samples: int = AIM_SAMPLES, share: float = SPIKE_SHARE) -> float | None:
     """Just after the spike of the (sorted) history at `early`, if it has one: at least
-    AIM_SAMPLES ends within SPIKE_WIDTH of `gap` after it, and SPIKE_SHARE of those within
-    the gap (see `Pacer._first_aim`); None when it has none, or too few ends to tell."""
+    `samples` ends within SPIKE_WIDTH of `gap` after it, and `share` of the ends within the
+    gap (see `Pacer._first_aim`); None when it has none, or too few ends to tell."""
     inside = history[bisect.bisect_left(history, early):bisect.bisect_right(history, early + gap)]
     spike = inside[:bisect.bisect_right(inside, early + SPIKE_WIDTH * gap)]
-    if len(spike) < AIM_SAMPLES or len(spike) < SPIKE_SHARE * len(inside):
+    if len(spike) < samples or len(spike) < share * len(inside):
         return None
     return spike[-1] + AIM_MARGIN
 

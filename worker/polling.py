@@ -182,20 +182,23 @@ def _on_answer(rt: Runtime, ref: StepRef, step: Step, answer: ResultAnswer) -> N
         rt.finish(ref, expect=_REMOTE, to=keys.CANCELLED,
                   error={"kind": "cancelled", "message": "the job was cancelled at the API"})
     else:
-        _still_waiting(rt, ref, step.item, answer.state is JobState.RUNNING)
+        _still_waiting(rt, ref, step, answer.state is JobState.RUNNING)
 
 
-def _still_waiting(rt: Runtime, ref: StepRef, item: dict[str, str], running: bool) -> None:
-    """The job is not done: plan its next look. A probe of a model not timed yet (no
-    duration known) also sets the job's next own probe (Pacer.cold_wake); until then it
-    only wakes up."""
+def _still_waiting(rt: Runtime, ref: StepRef, step: Step, running: bool) -> None:
+    """The job is not done: plan its next look (a job of a batch with nothing left to submit
+    is in its tail, see `Pacer.next_delay`). A probe of a model not timed yet (no duration
+    known) also sets the job's next own probe (Pacer.cold_wake); until then it only wakes
+    up."""
+    item = step.item
     now = rt.clock()
     values: dict[str, object] = {"+polls": 1, "step_errors": 0, "outage_errors": 0}
     if running and not item.get("started_at"):
         values["started_at"] = now
     assert rt.pacer is not None
     elapsed = max(0.0, now - float(item.get("submitted_at") or now))
-    delay = rt.pacer.next_delay(item["model"], elapsed, int(item.get("polls", 0)) + 1)
+    delay = rt.pacer.next_delay(item["model"], elapsed, int(item.get("polls", 0)) + 1,
+                                tail=step.batch.get("pending") == "0")
     if not rt.pacer.timed(item["model"]):
         values["scout_at"] = rt.pacer.next_probe(now, elapsed)
     to = keys.RUNNING if running else keys.SUBMITTED

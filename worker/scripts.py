@@ -51,8 +51,9 @@ return {1, cur}
 """
 
 # A task starting its step: counts deliveries of the same step so a crash loop ends, and
-# hands the step the item's record and its batch's state in the same round trip.
-# KEYS: item, batch   ARGV: allowed states, guard field ('' none), guard value
+# hands the step the item's record, its batch's state and how many of the batch's items are
+# still to be submitted, in the same round trip.
+# KEYS: item, batch, counts   ARGV: allowed states, guard field ('' none), guard value
 BEGIN_STEP = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {0, '', 0} end
@@ -61,8 +62,9 @@ for s in string.gmatch(ARGV[1], '%S+') do if s == cur then allowed = true end en
 if not allowed then return {0, cur, 0} end
 if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], ARGV[2]) ~= ARGV[3] then return {0, cur, 0} end
 local n = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
-return {1, cur, n, redis.call('HGETALL', KEYS[1]),
-        redis.call('HMGET', KEYS[2], 'state', 'discard', 'bucket_url')}
+local batch = redis.call('HMGET', KEYS[2], 'state', 'discard', 'bucket_url')
+batch[4] = redis.call('HGET', KEYS[3], 'pending')
+return {1, cur, n, redis.call('HGETALL', KEYS[1]), batch}
 """
 
 # Take pending items of one batch while in-flight slots are free.

@@ -50,7 +50,8 @@ class NewItem:
 class Step(NamedTuple):
     """What `Store.begin_step` tells a step: may it run, the item's state, how many times
     this step was started, and (when it may run) the item's record and a few fields of its
-    batch's record (state, discard, bucket_url)."""
+    batch's record (state, discard, bucket_url) with its count of items still to be
+    submitted (pending)."""
 
     ok: bool
     state: str
@@ -242,12 +243,12 @@ class Store:
         the item's record and its batch's state come back in the same round trip (a step
         reads them anyway)."""
         bid, iid, guard = _target(who, iid, guard)
-        out = self._begin(keys=[keys.item(bid, iid), keys.batch(bid)], args=[
+        out = self._begin(keys=[keys.item(bid, iid), keys.batch(bid), keys.counts(bid)], args=[
             " ".join(expect), guard[0] if guard else "", guard[1] if guard else ""])
         if not out[0]:
             return Step(False, _text(out[1]), 0, {}, {})
         flat = [_text(x) for x in out[3]]
-        batch = dict(zip(("state", "discard", "bucket_url"),
+        batch = dict(zip(("state", "discard", "bucket_url", "pending"),
                          (_text(v) if v is not None else "" for v in out[4]), strict=True))
         return Step(True, _text(out[1]), int(out[2]), dict(zip(flat[0::2], flat[1::2],
                                                                 strict=True)), batch)
