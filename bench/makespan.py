@@ -286,6 +286,8 @@ def _wave_figures(run: WaveRun, case: WaveCase, ranked: Sequence[WaveRun]) -> li
                info("ideal (simulator's best schedule at C)", out.ideal, "s", 1),
                info("lost per wave ((makespan - ideal) / waves)", lost, "s", 3),
                info("first submit after hand-over", _first_submit(out), "s"),
+               info("first wave at the API (its C-th submit) after hand-over",
+                    _wave_submitted(run, case.cap), "s"),
                info("last job ended -> its output stored", out.finished - last_end, "s"),
                info("detection latency p50", quantile(latencies, 0.5), "s"),
                info("detection latency p95", quantile(latencies, 0.95), "s")]
@@ -297,6 +299,12 @@ def _wave_figures(run: WaveRun, case: WaveCase, ranked: Sequence[WaveRun]) -> li
                          _ratio(ranked[-1].out), "x"),
                     info(f"polls per job, most of the {len(ranked)} runs", polls[-1])]
     return figures
+
+
+def _wave_submitted(run: WaveRun, cap: int) -> float:
+    """When the cap-th job reached the simulator, seconds after hand-over."""
+    created = sorted(j.created for j in run.jobs)
+    return created[cap - 1] - run.out.started if len(created) >= cap else math.nan
 
 
 def _wave_run(svc: Services, knobs: Knobs, case: WaveCase, seed: int, k: int) -> WaveRun:

@@ -72,6 +72,13 @@ def test_jobs_of_one_duration_are_asked_just_after_they_end_not_a_gap_later() ->
         assert first < 2.0 + latency_gap(2.0) / 2
 
 
+def test_a_big_spike_is_aimed_at_even_when_jobs_that_queued_briefly_crowd_the_gap() -> None:
+    # late in a sweep: 30 of 100 ends at exactly 2 s, the rest waited up to 0.5 s in the queue
+    history = [2.0] * 30 + [2.05 + 0.45 * k / 69 for k in range(70)]
+    first = pacer_over(history).first_delay(MODEL)
+    assert 0.0 <= first - 2.0 <= 0.05
+
+
 def test_spread_durations_keep_their_first_poll_a_gap_after_the_earliest_end() -> None:
     # moving the first poll earlier would cost polls: the ends are spread over the gap
     history = [1.0 + 2.0 * k / 199 for k in range(200)]

@@ -47,20 +47,20 @@ TRUSTED_HISTORY = 10
 #: (simulated, image-like run: 2 % costs 0.17 poll per job more than 5 % for 0.05 less p95
 #: latency ratio; 3 % is between)
 EARLY_QUANTILE = 0.03
-#: the share of a gap between the polls of a uniform sweep's last jobs (`Pacer.next_delay`),
-#: a model counting as uniform when at least TAIL_SAMPLES of its recent ends came within
-#: SPIKE_WIDTH of a gap of its earliest (the jobs that waited in the API's queue end later:
-#: no share of them is asked for; 16 of 200 spread evenly over 1-3 s would be 4 to 5)
+#: the share of a gap between the polls of a uniform sweep's last jobs (`Pacer.next_delay`)
 TAIL_SHARE = 0.5
-TAIL_SAMPLES = 16
 #: a planned gap is shortened by up to this share at random, to spread polls out
 JITTER = 0.05
 #: a job's first poll aims just after a spike of the history at its earliest likely end, if
 #: it has one (see `Pacer._first_aim`): at least AIM_SAMPLES ends and SPIKE_SHARE of those
-#: within one gap of the earliest, all within SPIKE_WIDTH of that gap ...
+#: within one gap of the earliest, all within SPIKE_WIDTH of that gap, or BIG_SPIKE ends
+#: there whatever their share (late in a sweep, the jobs that waited briefly in the API's
+#: queue crowd the gap after the spike; spread evenly over 1-3 s, 200 ends put 4 or 5 in a
+#: spike's width) ...
 AIM_SAMPLES = 8
 SPIKE_SHARE = 0.5
 SPIKE_WIDTH = 0.1
+BIG_SPIKE = 16
 #: ... plus this much: a poll landing just before the end costs a poll and a whole gap
 #: (the job's clock starts when its submit was answered, after the API's own, and a round
 #: runs up to a tick after its polls' planned time, so the end is rarely missed)
@@ -149,8 +149,8 @@ class Pacer:
             return self._jitter(wake_interval(elapsed))
         delay = self._planned(history, elapsed)
         early = _quantile(history, EARLY_QUANTILE)
-        if tail and elapsed >= early and _spike_end(
-                history, early, latency_gap(early), samples=TAIL_SAMPLES, share=0.0) is not None:
+        if tail and elapsed >= early and _spike_end(history, early,
+                                                    latency_gap(early)) is not None:
             return max(MIN_POLL_DELAY, TAIL_SHARE * delay)
         return delay
 
@@ -249,9 +249,10 @@ class Pacer:
         end, or just after the ends of the history's spike at its start, if it has one.
 
         Any aim within [early, early + gap] sees the jobs that end in between within their
-        bar. When most of the ends the history shows there (SPIKE_SHARE of them) come within
-        SPIKE_WIDTH of the gap after the earliest (jobs that all take the same time, as in a
-        sweep; the others waited in the API's queue), aiming just after that spike sees
+        bar. When most of the ends the history shows there (SPIKE_SHARE of them), or many
+        (BIG_SPIKE), come within SPIKE_WIDTH of the gap after the earliest (jobs that all take
+        the same time, as in a sweep; the others waited in the API's queue), aiming just
+        after that spike sees
         those jobs a gap sooner, which is what a wave of equal jobs waits for before its
         slots are refilled; the later ones in the gap cost a poll more. With spread-out
         durations there is no spike and the aim stays a gap after the earliest end: moving
@@ -280,14 +281,15 @@ def latency_gap(elapsed: float) -> float:
     return LATENCY_SHARE * elapsed + LATENCY_FLOOR
 
 
-def _spike_end(history: Sequence[float], early: float, gap: float, *,
-               samples: int = AIM_SAMPLES, share: float = SPIKE_SHARE) -> float | None:
+def _spike_end(history: Sequence[float], early: float, gap: float) -> float | None:
     """Just after the spike of the (sorted) history at `early`, if it has one: at least
-    `samples` ends within SPIKE_WIDTH of `gap` after it, and `share` of the ends within the
-    gap (see `Pacer._first_aim`); None when it has none, or too few ends to tell."""
+    AIM_SAMPLES ends within SPIKE_WIDTH of `gap` after it that are SPIKE_SHARE of the ends
+    within the gap, or BIG_SPIKE ends there (see `Pacer._first_aim`); None when it has none,
+    or too few ends to tell."""
     inside = history[bisect.bisect_left(history, early):bisect.bisect_right(history, early + gap)]
     spike = inside[:bisect.bisect_right(inside, early + SPIKE_WIDTH * gap)]
-    if len(spike) < samples or len(spike) < share * len(inside):
+    if len(spike) < BIG_SPIKE and (len(spike) < AIM_SAMPLES
+                                   or len(spike) < SPIKE_SHARE * len(inside)):
         return None
     return spike[-1] + AIM_MARGIN
 
