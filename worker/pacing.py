@@ -252,11 +252,11 @@ class Pacer:
         bar. When most of the ends the history shows there (SPIKE_SHARE of them), or many
         (BIG_SPIKE), come within SPIKE_WIDTH of the gap after the earliest (jobs that all take
         the same time, as in a sweep; the others waited in the API's queue), aiming just
-        after that spike sees
-        those jobs a gap sooner, which is what a wave of equal jobs waits for before its
-        slots are refilled; the later ones in the gap cost a poll more. With spread-out
-        durations there is no spike and the aim stays a gap after the earliest end: moving
-        a job's polls earlier by x costs about x / gap polls more per job."""
+        after that spike sees those jobs a gap sooner, which is what a wave of equal jobs
+        waits for before its slots are refilled; the later ones in the gap cost a poll more.
+        With spread-out durations there is no spike and the aim stays a gap after the
+        earliest end: moving a job's polls earlier by x costs about x / gap polls more per
+        job."""
         gap = self._jitter(latency_gap(early))
         spike = _spike_end(history, early, gap)
         return early + gap if spike is None else spike

@@ -35,13 +35,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from celery.exceptions import SoftTimeLimitExceeded
-
 from rcbatch.worker import keys
 from rcbatch.worker.fetching import hand_over, store_outputs
 from rcbatch.worker.polling import poll
 from rcbatch.worker.refs import StepRef
 from rcbatch.worker.runtime import Runtime
+from rcbatch.worker.submission import isolated
 
 #: width of a tick: the most a poll waits past its planned time for its round
 TICK = 0.05
@@ -122,26 +121,13 @@ def run_round(rt: Runtime, timer: PollTimer, tick: int, again: Callable[[], None
     timer.done(ran)  # one that failed stays leased: taken again once the lease ends
     for n, fetch in enumerate(fetches):
         inline = n == 0 or rt.clock() - started < FETCH_INLINE_SECONDS
-        _isolated(rt, fetch.ref, "round_fetch_failed",
-                  functools.partial(store_outputs if inline else hand_over, rt, fetch))
+        isolated(rt, fetch.ref, "round_fetch_failed",
+                 functools.partial(store_outputs if inline else hand_over, rt, fetch))
     return len(due)
 
 
 def _poll(rt: Runtime, ref: StepRef) -> bool:
-    return _isolated(rt, ref, "round_poll_failed", functools.partial(poll, rt, ref))
-
-
-def _isolated(rt: Runtime, ref: StepRef, event: str, step: Callable[[], None]) -> bool:
-    """Run one item's step; False when it failed, which is logged (the item keeps its
-    deadline), so that the round's other items still run. A soft time limit ends the round."""
-    try:
-        step()
-    except SoftTimeLimitExceeded:
-        raise
-    except Exception as exc:
-        rt.log.bind(batch_id=ref.bid, item_id=ref.iid).warning(event, error=type(exc).__name__)
-        return False
-    return True
+    return isolated(rt, ref, "round_poll_failed", functools.partial(poll, rt, ref))
 
 
 def _member(bid: str, iid: str, seq: int) -> str:

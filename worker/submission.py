@@ -22,7 +22,6 @@ import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -41,7 +40,6 @@ from rcbatch.worker.refs import StepRef
 from rcbatch.worker.runtime import Runtime, outage_service
 from rcbatch.worker.state import REMOVE
 
-T = TypeVar("T")
 #: claimed items one `rcbatch.submit_group` nudge carries (`dispatch`): a worker pays one
 #: message for them instead of one each, and their API calls go out together, so a batch's
 #: first wave reaches the API sooner
@@ -122,14 +120,22 @@ def submit_group(rt: Runtime, refs: Sequence[StepRef]) -> None:
     marked `submitting` exactly as `submit` does, then their API calls go out together, then
     each answer is recorded. An item whose own step breaks (a bug, Redis gone) is left to
     its deadline, as after a lost nudge, and the others go on."""
-    ready = [s for s in (_isolated(rt, ref, functools.partial(_ready, rt, ref))
-                         for ref in refs) if s is not None]
+    ready: list[_Sending] = []
+
+    def prepare(ref: StepRef) -> None:
+        sending = _ready(rt, ref)
+        if sending is not None:
+            ready.append(sending)
+
+    for ref in refs:
+        isolated(rt, ref, "group_submit_failed", functools.partial(prepare, ref))
     ready = _replicated(rt, ready)
     answers = rt.run(_send_together(rt, ready))
     unexpected: BaseException | None = None
     for sending, answer in zip(ready, answers, strict=True):
         if isinstance(answer, SubmitAnswer | RcbatchError):
-            _isolated(rt, sending.ref, functools.partial(_settle, rt, sending, answer))
+            isolated(rt, sending.ref, "group_submit_failed",
+                     functools.partial(_settle, rt, sending, answer))
             continue
         # as in `submit`: the item stays `submitting` (it may have been sent) and the
         # reconciler makes it submit_uncertain once its deadline passes
@@ -187,16 +193,18 @@ def _ready(rt: Runtime, ref: StepRef) -> _Sending | None:
     return _mark_submitting(rt, ref, step.item)
 
 
-def _isolated(rt: Runtime, ref: StepRef, step: Callable[[], T]) -> T | None:
-    """Run one item's part of a group; None when it broke, which is logged (the item keeps
-    its deadline). A soft time limit ends the group."""
+def isolated(rt: Runtime, ref: StepRef, event: str, step: Callable[[], None]) -> bool:
+    """Run one item's part of a task that serves several (a submit group, a poll round);
+    False when it broke, which is logged as `event` (the item keeps its deadline), so that
+    the others still run. A soft time limit ends the task."""
     try:
-        return step()
+        step()
     except SoftTimeLimitExceeded:
         raise
     except Exception as exc:
-        rt.item_log(ref).warning("group_submit_failed", error=type(exc).__name__)
-        return None
+        rt.log.bind(batch_id=ref.bid, item_id=ref.iid).warning(event, error=type(exc).__name__)
+        return False
+    return True
 
 
 def _within_budget(rt: Runtime, ref: StepRef, item: dict[str, str]) -> bool:
