@@ -183,7 +183,7 @@ def test_a_step_that_keeps_killing_its_worker_fails_the_item_as_worker_lost(
     """Every poll of the item hangs at the API; the test SIGKILLs the worker's main process
     each time one is under way (an OOM kill, say). The message comes back after the visibility
     timeout and is counted; past Limits.max_deliveries the item fails as worker_lost."""
-    vt = 2.0
+    vt = 3.0  # the time limit, 2/3 of it, must not end a held poll before the test sees it
     base = SimulatorConfig(token=TOKEN, concurrency=2, duration=(0.2, 0.4), slow=0.9,
                            slow_seconds=30, image_scale=0.02)
     seed = seed_where(base, lambda plan: not plan.for_request("submit").slow and all(
@@ -197,16 +197,21 @@ def test_a_step_that_keeps_killing_its_worker_fails_the_item_as_worker_lost(
             iid = wait_for(lambda: store.item_ids(bid), 10, "the item")[0]
             kills = 0
             while kills <= limit:
-                seen = wait_for(partial(_held_or_ended, sim.base_url, store, bid, iid, kills),
-                                30, f"poll number {kills + 1}")
+                # Watch without pause from the restart on: the poll may come back through the
+                # restarted worker's own start-up sweep or through ours, and must be killed
+                # before the task's time limit (2/3 of vt) ends it and acknowledges it.
+                look = partial(_held_or_ended, sim.base_url, store, bid, iid, kills,
+                               lambda: restore_overdue(redis_url, vt))
+                try:
+                    seen = wait_for(look, 30, f"poll number {kills + 1}")
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}\n{workers.logs()}") from None
                 if seen == "ended":
                     break
                 workers.procs[0].send_signal(signal.SIGKILL)  # the main process only
                 workers.procs[0].wait(10)
                 kills += 1
                 workers.start(0)
-                time.sleep(vt + 0.2)
-                restore_overdue(redis_url, vt)  # what the restarted worker's start-up does
             wait_finished(store, bid, 10)
             item = store.item(bid, iid) or {}
         final = stats(sim.base_url)
@@ -219,11 +224,16 @@ def test_a_step_that_keeps_killing_its_worker_fails_the_item_as_worker_lost(
     assert status["state"] == "finished" and status["counts"]["failed"] == 1
 
 
-def _held_or_ended(sim_url: str, store: Store, bid: str, iid: str, kills: int) -> str | None:
-    """"ended" once the item is terminal; "held" once one more poll hangs at the API."""
+def _held_or_ended(sim_url: str, store: Store, bid: str, iid: str, kills: int,
+                   sweep: Callable[[], None]) -> str | None:
+    """"ended" once the item is terminal; "held" once one more poll hangs at the API; else
+    run `sweep` (kombu's restore of overdue messages) and None."""
     if (store.item(bid, iid) or {}).get("state") in keys.TERMINAL:
         return "ended"
-    return "held" if stats(sim_url)["result_polls"] > kills else None
+    if stats(sim_url)["result_polls"] > kills:
+        return "held"
+    sweep()
+    return None
 
 
 # --- Redis killed and restarted ----------------------------------------------------------------
