@@ -5,6 +5,8 @@ processes, and the simulator over loopback HTTP.
   #337); the copies must exit without polling or rescheduling, and countdowns stay below it.
 - A worker's main process SIGKILLed mid-step gets its message back after the visibility
   timeout; a step that keeps killing its worker ends as `worker_lost`, not as a loop.
+- The broker connection dropped while a submit waits for the API's answer: the submit goes
+  on and its answer is recorded (Celery does not cancel it).
 - Redis SIGKILLed and restarted on the same port and data: the batch finishes, nothing lost.
 - A lost submit answer makes an item `submit_uncertain`; only `retry --uncertain` re-runs it.
 """
@@ -234,6 +236,42 @@ def _held_or_ended(sim_url: str, store: Store, bid: str, iid: str, kills: int,
         return "held"
     sweep()
     return None
+
+
+# --- the broker connection dropped mid-task ---------------------------------------------------
+
+
+def test_a_submit_under_way_when_the_broker_connection_drops_is_recorded(
+        redis_url: str, tmp_path: Path) -> None:
+    """The API holds the answer to the only submit for 4 s; meanwhile the worker's broker
+    connection is killed (what a failover or a network blip does to it). The submit goes on
+    and its answer is recorded: not cancelled between its `submitting` mark and the record of
+    an accepted job, which would leave the item `submit_uncertain` and the user a paid job."""
+    base = SimulatorConfig(token=TOKEN, concurrency=2, duration=(0.2, 0.4), slow=0.5,
+                           slow_seconds=4, image_scale=0.02)
+    seed = seed_where(base, lambda plan: plan.for_request("submit").slow and not any(
+        plan.for_request("result").slow for _ in range(8)))
+    with SimulatorServer(dataclasses.replace(base, seed=seed)) as sim:
+        env = env_for(redis_url, sim.base_url, tmp_path)
+        store = Store(redis_client(redis_url))
+        with Workers(env, tmp_path, count=1, concurrency=1, beat=False):
+            bid = submit(write_rows(tmp_path / "blip.jsonl", 1), env)
+            wait_for(lambda: stats(sim.base_url)["submits"], 20, "the submit at the API")
+            dropped = _kill_consumers(store.redis)
+            counts = wait_finished(store, bid, 30)
+            logs = (tmp_path / "worker-0.log").read_text(errors="replace")
+        final = stats(sim.base_url)
+    assert dropped and "Connection to broker lost" in logs
+    assert counts["completed"] == 1, logs
+    assert final["submits"] == 1 and final["duplicate_submits"] == 0
+
+
+def _kill_consumers(client: redis.Redis) -> int:
+    """Close every connection blocked in BRPOP (a worker's broker consumer); how many."""
+    ids = [c["id"] for c in client.client_list() if c.get("cmd") in ("brpop", "blpop")]
+    for cid in ids:
+        client.client_kill_filter(_id=cid)
+    return len(ids)
 
 
 # --- Redis killed and restarted ----------------------------------------------------------------

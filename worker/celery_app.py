@@ -22,8 +22,14 @@ setting below still matters; they are explained here, in one place:
   to a second worker while it still runs; a stuck download is killed and its step retried.
 - ``socket_timeout``, ``socket_keepalive``, ``health_check_interval``: a silently dropped
   broker connection is noticed in seconds instead of stalling the worker for good (measured:
-  recovery in 18 s with 10 s / 10 s); ``worker_cancel_long_running_tasks_on_connection_loss``
-  cancels tasks whose connection was lost, as their messages will come back.
+  recovery in 18 s with 10 s / 10 s).
+- ``worker_cancel_long_running_tasks_on_connection_loss = False``: a task running when the
+  broker connection drops (a Sentinel failover, a Redis restart) goes on. Its state goes
+  through its own client, which waits out a failover (worker/connection.py), and its message,
+  left unacknowledged, comes back after the visibility timeout as a stale copy that exits at
+  its guard. Cancelling it instead killed a submit between its `submitting` mark and the
+  record of the API's answer: the item ended `submit_uncertain` after a 2 s failover (seen in
+  tests/test_sentinel.py), when the job may well have been accepted.
 - ``broker_connection_retry_on_startup`` / ``max_retries=None``: a worker started before
   Redis, or across a Redis restart, keeps trying instead of exiting.
 - ``broker_use_ssl`` for a ``rediss://`` URL: kombu falls back to *not* verifying the
@@ -130,7 +136,7 @@ def celery_config(redis_url: str,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_time_limit": hard_limit,
         "task_soft_time_limit": soft_limit,
         "task_default_queue": QUEUE,
