@@ -16,7 +16,7 @@ counts from its start, and the duration rcbatch records is the API's created -> 
 plus 0-0.1 s (task hand-off); a job is detected at the first API poll at or after its end,
 and its latency is detection - end + 0.05 s (the fetch). The policy is the real one: the
 real `Pacer` (over the simulation's durations and clock) decides every delay, and the
-wake-up logic of worker/polling.py (`_waits_for_scout`, `_standing`, `_take_scout`,
+wake-up logic of worker/polling.py (`_waits_for_scout`, `_young`, `_take_scout`,
 `_still_waiting`) is mirrored in `Run._wake` and `Run._not_done` with dicts for its Redis
 keys. Countdown hops and failures are not simulated.
 
@@ -107,7 +107,6 @@ class Run:
     _durations: dict[str, list[float]] = field(default_factory=dict)
     _oldest: dict[str, float] = field(default_factory=dict)
     _guard: dict[str, float] = field(default_factory=dict)
-    _waiting: dict[str, set[str]] = field(default_factory=dict)
     _queue: list[Job] = field(default_factory=list)
     _running: int = 0
     _order: itertools.count[int] = field(default_factory=itertools.count)
@@ -172,14 +171,10 @@ class Run:
         if self.pacer.timed(job.model):
             delay = self.pacer.resume_delay(job.model, age)
         else:
-            waiting = self._waiting.setdefault(job.model, set())
             plan = self.pacer.cold_wake(age, self.now, young=self._young(job, age),
                                         probe_at=job.scout_at, key=job.request_id,
-                                        take_guard=lambda w, own: self._take_guard(job, w, own),
-                                        waiting=len(waiting))
+                                        take_guard=lambda w, own: self._take_guard(job, w, own))
             job.scout_at = plan.probe_at
-            if not plan.poll:
-                waiting.add(job.request_id)
             delay = None if plan.poll else plan.delay
         if delay is not None:
             job.wakeups += 1
@@ -212,7 +207,6 @@ class Run:
 
     def _done(self, job: Job) -> None:
         job.detected = self.now
-        self._waiting.pop(job.model, None)  # the model is timed: its waiting jobs are woken
         history = self._durations.setdefault(job.model, [])
         history.insert(0, job.end - job.created)
         del history[200:]

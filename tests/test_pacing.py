@@ -16,11 +16,9 @@ import pytest
 
 from bench import pacing_sim
 from rcbatch.runcomfy.fake import FakeRunComfy
-from rcbatch.worker import fetching, keys, polling, submission
+from rcbatch.worker import fetching, polling, submission
 from rcbatch.worker.bucket import MemoryBucket
 from rcbatch.worker.pacing import (
-    GUARD_JOBS,
-    GUARD_MIN,
     Pacer,
     WakePlan,
     guard_interval,
@@ -187,10 +185,9 @@ class ColdModel:
     """Jobs of one untimed model waking as `Pacer.cold_wake` plans, with an in-memory guard
     (worker/polling.py `_take_scout`); `asked` lists (time, job) of every API poll."""
 
-    def __init__(self, jobs: int, young: Callable[[int], bool] = lambda _job: False,
-                 waiting: int = 1) -> None:
+    def __init__(self, jobs: int, young: Callable[[int], bool] = lambda _job: False) -> None:
         self.pacer = pacer_over([])
-        self.young, self.waiting = young, waiting
+        self.young = young
         self.guard = -1.0
         self.asked: list[tuple[float, int]] = []
         self.wakes = [(0.35, k, None) for k in range(jobs)]
@@ -211,8 +208,7 @@ class ColdModel:
                 return self.take_guard(now, window, own)
 
             plan = self.pacer.cold_wake(now, now, young=self.young(job), probe_at=probe_at,
-                                        key=f"req-{job}", take_guard=take_guard,
-                                        waiting=self.waiting)
+                                        key=f"req-{job}", take_guard=take_guard)
             if plan.poll:
                 self.asked.append((now, job))
                 probe_at = self.pacer.next_probe(now, now)
@@ -240,27 +236,6 @@ def test_an_untimed_model_with_one_job_is_asked_once_per_latency_bar() -> None:
     assert times[0] <= 1.0
     wake = 0.02 * 60 + 0.35  # it notices a free guard at its next wake-up
     assert all(b - a <= guard_interval(a) + wake for a, b in itertools.pairwise(times))
-
-
-def test_a_large_first_wave_is_asked_more_often_at_no_more_polls_per_job() -> None:
-    """150 jobs waiting for their model's first duration share the guard's polls: it asks
-    about one of them 150 / GUARD_JOBS times as often as for 24 jobs, so a wave of equal jobs
-    that end together is seen a small share of its latency bar after the first end."""
-    small, large = ColdModel(24, waiting=24), ColdModel(150, waiting=150)
-    for model in (small, large):
-        model.run(until=3.0)
-    def after_1s(model: ColdModel) -> int:
-        return sum(1 for t, _ in model.asked if t >= 1.0)
-
-    assert after_1s(large) >= 3 * after_1s(small)  # these jobs wake together: not 150 / 24
-    assert len(large.asked) / 150 <= len(small.asked) / 24
-    assert guard_interval(3.0, 150) <= 0.07 < 0.35 <= guard_interval(3.0, 24)
-
-
-def test_the_guard_interval_shrinks_past_guard_jobs_down_to_its_minimum() -> None:
-    assert guard_interval(10.0, 1) == guard_interval(10.0, GUARD_JOBS) == guard_interval(10.0)
-    assert guard_interval(10.0, 2 * GUARD_JOBS) == pytest.approx(guard_interval(10.0) / 2)
-    assert guard_interval(0.0, 100_000) == GUARD_MIN
 
 
 def test_young_jobs_of_an_untimed_model_never_ask() -> None:
@@ -344,27 +319,6 @@ def test_a_first_wave_is_timed_by_a_few_probes_and_then_seen_within_the_bar() ->
             - durations[iid] > bar(durations[iid])]
     assert len(late) <= 5
     assert all(float(items[iid]["submitted_at"]) + durations[iid] < first_seen for iid in late)
-
-
-def test_the_guard_of_a_model_is_held_for_a_window_shrunk_by_its_waiting_jobs() -> None:
-    # 48 jobs of a model never seen, all waiting for its first duration by the third second:
-    # each poll that takes the guard holds it for half the window one job would
-    durations = {f"i{k:02d}": 30.0 for k in range(48)}
-    cluster = Cluster(durations)
-    start = cluster.now
-    cluster.run(until=start)
-    windows = []
-    while cluster.now < start + 6.0:
-        asked = len(cluster.asked)
-        cluster.run(until=cluster.queue[0][0])
-        held = cluster.store.redis.get(keys.scout(MODEL, 0))
-        if len(cluster.asked) > asked and held and cluster.now >= start + 3.0:
-            windows.append((float(held) - cluster.now, cluster.now - start))
-    waiting = cluster.store.redis.zcard(keys.waiting_untimed(MODEL))
-    assert waiting == 48 and windows
-    for window, age in windows:
-        assert window == pytest.approx(guard_interval(age, 48), abs=0.01)
-        assert window == pytest.approx(guard_interval(age) / 2, abs=0.01)
 
 
 def test_the_simulated_benchmark_meets_its_bars() -> None:

@@ -82,12 +82,6 @@ PROBE_FLOOR = 16.0
 #: polls per 8 % of the age), and it adds little to the own probes of a large first wave
 GUARD_SHARE = 0.05
 GUARD_FLOOR = 0.25
-#: ... for a model with up to this many jobs waiting for its first duration; with more, the
-#: guard's interval shrinks in proportion (down to GUARD_MIN s): its polls cost each job no
-#: more, and a large first wave of short equal jobs, whose slots wait for the first end to
-#: be seen, is looked at often enough to see it within a fraction of the latency bar
-GUARD_JOBS = 24
-GUARD_MIN = 0.02
 #: scout keys per model (worker/polling.py): the guard's
 SCOUTS = 1
 #: a job younger than this share of the model's oldest untimed job does not probe: the first
@@ -201,8 +195,7 @@ class Pacer:
         return self._planned(history, elapsed)
 
     def cold_wake(self, elapsed: float, now: float, *, young: bool, probe_at: float | None,
-                  key: str, take_guard: Callable[[float, bool], bool],
-                  waiting: int = 1) -> WakePlan:
+                  key: str, take_guard: Callable[[float, bool], bool]) -> WakePlan:
         """A wake-up of a job whose model is not timed yet: ask the API or sleep again.
 
         A poll before the first end is wasted, and once the first end is seen every job of
@@ -220,9 +213,7 @@ class Pacer:
         timed against about 460 for the previous rule (4 scouts per 8 % of the age), and
         fewer jobs are seen late (9 against 15 of 240). A model with few jobs is still
         asked twice per latency bar: `take_guard(window, own)` takes the model's guard for
-        `window` s when it is free, or in any case for an own probe (True when taken). The
-        window shrinks when more than GUARD_JOBS jobs are `waiting` for the model's first
-        duration (`guard_interval`).
+        `window` s when it is free, or in any case for an own probe (True when taken).
 
         Young jobs (`young`, see `young`) do not probe; they wake on the cadence of a job
         1/`YOUNG_SHARE` older. Wake-ups are frequent (`wake_interval`) so that once some
@@ -232,7 +223,7 @@ class Pacer:
             return WakePlan(False, self._jitter(wake_interval(elapsed / YOUNG_SHARE)), None)
         if probe_at is None:
             probe_at = now + probe_phase(key) * probe_interval(elapsed)
-        if take_guard(guard_interval(elapsed, waiting), now >= probe_at):
+        if take_guard(guard_interval(elapsed), now >= probe_at):
             return WakePlan(True, 0.0, probe_at)
         return WakePlan(False, min(self._jitter(wake_interval(elapsed)), probe_at - now),
                         probe_at)
@@ -317,11 +308,9 @@ def probe_interval(age: float) -> float:
     return PROBE_SHARE * age + PROBE_FLOOR
 
 
-def guard_interval(age: float, waiting: int = 1) -> float:
-    """The longest a model not timed yet goes without any of its jobs asked (its bar), when
-    `waiting` of its jobs wait for its first duration."""
-    interval = GUARD_SHARE * age + GUARD_FLOOR
-    return max(GUARD_MIN, interval * min(1.0, GUARD_JOBS / max(1, waiting)))
+def guard_interval(age: float) -> float:
+    """The longest a model not timed yet goes without any of its jobs asked (its bar)."""
+    return GUARD_SHARE * age + GUARD_FLOOR
 
 
 def probe_phase(key: str) -> float:

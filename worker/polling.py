@@ -113,9 +113,8 @@ def _waits_for_scout(rt: Runtime, ref: StepRef, item: dict[str, str]) -> bool:
     if rt.pacer.timed(model):
         delay = rt.pacer.resume_delay(model, now - submitted)
         return delay is not None and _schedule(rt, ref, delay, {"+wakeups": 1})
-    young, waiting = _standing(rt, model, now, submitted)
     plan = rt.pacer.cold_wake(
-        now - submitted, now, young=young, waiting=waiting,
+        now - submitted, now, young=_young(rt, model, now, submitted),
         probe_at=float(item["scout_at"]) if item.get("scout_at") else None,
         key=item.get("request_id") or ref.iid,
         take_guard=lambda window, own: _take_scout(rt, model, now, window, own))
@@ -130,21 +129,18 @@ def _waits_for_scout(rt: Runtime, ref: StepRef, item: dict[str, str]) -> bool:
     return _schedule(rt, ref, plan.delay, values)
 
 
-def _standing(rt: Runtime, model: str, now: float, submitted: float) -> tuple[bool, int]:
-    """Whether a job is much younger than the model's oldest untimed job (`Pacer.young`:
-    the first to end is almost surely among the oldest, so only those probe), and how many
-    of the model's jobs wait for its first duration (they share the guard's polls). The
-    oldest's submission time lapses SCOUT_MEMORY s after the last old job woke
-    (`_take_scout` keeps it), so jobs that died untimed (failed, cancelled) do not keep the
-    others young."""
+def _young(rt: Runtime, model: str, now: float, submitted: float) -> bool:
+    """Whether a job is much younger than the model's oldest untimed job (`Pacer.young`):
+    the first to end is almost surely among the oldest, so only those probe. The oldest's
+    submission time lapses SCOUT_MEMORY s after the last old job woke (`_take_scout` keeps
+    it), so jobs that died untimed (failed, cancelled) do not keep the others young."""
     assert rt.pacer is not None
     key = keys.scout(model, "oldest")
     with rt.store.redis.pipeline(transaction=False) as pipe:
         pipe.set(key, repr(submitted), nx=True, ex=SCOUT_MEMORY)
         pipe.get(key)
-        pipe.zcard(keys.waiting_untimed(model))
-        _, oldest, waiting = pipe.execute()
-    return rt.pacer.young(now - submitted, now - float(oldest or submitted)), int(waiting)
+        oldest = float(pipe.execute()[1] or submitted)
+    return rt.pacer.young(now - submitted, now - oldest)
 
 
 def _take_scout(rt: Runtime, model: str, now: float, window: float, own: bool) -> bool:
