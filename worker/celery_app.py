@@ -25,11 +25,14 @@ setting below still matters; they are explained here, in one place:
   recovery in 18 s with 10 s / 10 s).
 - ``worker_cancel_long_running_tasks_on_connection_loss = False``: a task running when the
   broker connection drops (a Sentinel failover, a Redis restart) goes on. Its state goes
-  through its own client, which waits out a failover (worker/connection.py), and its message,
-  left unacknowledged, comes back after the visibility timeout as a stale copy that exits at
-  its guard. Cancelling it instead killed a submit between its `submitting` mark and the
-  record of the API's answer: the item ended `submit_uncertain` after a 2 s failover (seen in
-  tests/test_sentinel.py), when the job may well have been accepted.
+  through its own client, which waits out a failover (worker/connection.py). Its message,
+  which kombu puts back on the queue as the connection drops (or the visibility timeout
+  does), is a copy that exits at its step's guard, even while the first still runs (a copy
+  of a submit finds the item `submitting`; one of a poll, at worst, asks the API once more).
+  Cancelling the task instead killed a submit between its `submitting` mark and the record
+  of the API's answer: the item ended `submit_uncertain` after a 2 s failover (seen in
+  tests/test_sentinel.py), when the job may well have been accepted. Celery prints a
+  CPendingDeprecationWarning at each connection loss about its default changing in 6.0.
 - ``broker_connection_retry_on_startup`` / ``max_retries=None``: a worker started before
   Redis, or across a Redis restart, keeps trying instead of exiting.
 - ``broker_use_ssl`` for a ``rediss://`` URL: kombu falls back to *not* verifying the
