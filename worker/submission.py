@@ -202,7 +202,7 @@ def isolated(rt: Runtime, ref: StepRef, event: str, step: Callable[[], None]) ->
     except SoftTimeLimitExceeded:
         raise
     except Exception as exc:
-        rt.log.bind(batch_id=ref.bid, item_id=ref.iid).warning(event, error=type(exc).__name__)
+        rt.item_log(ref).warning(event, error=type(exc).__name__)
         return False
     return True
 
