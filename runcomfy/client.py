@@ -149,7 +149,8 @@ class RunComfyClient:
         # Idle connections are dropped after 2 s, well before servers close them (uvicorn
         # 5 s, load balancers 60 s): reusing one just as the server closes it would turn a
         # good submit into a SubmitUncertain.
-        self._http = _CookielessClient(transport=transport or AiohttpTransport(_POOL_LIMITS),
+        self._transport = transport or AiohttpTransport(_POOL_LIMITS)
+        self._http = _CookielessClient(transport=self._transport,
                                        timeout=timeout,
                                        headers={"User-Agent": user_agent},
                                        follow_redirects=False)
@@ -167,6 +168,12 @@ class RunComfyClient:
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self._http.aclose()
+
+    def prepare(self) -> None:
+        """Do now the set-up the first call would do on its way (the TLS context: 45 ms of
+        CPU here), for a process whose first calls are latency-bound (a worker's)."""
+        if isinstance(self._transport, AiohttpTransport):
+            self._transport.tls_context()
 
     async def submit(self, model_id: str, body: Mapping[str, Any]) -> SubmitAnswer:
         """Submit one job; see the module docstring for the SubmitUncertain rule."""

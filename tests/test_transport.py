@@ -129,6 +129,32 @@ def test_the_request_reaches_the_server_as_httpx_built_it(serve: Any) -> None:
     assert b"cookie" not in names
 
 
+def test_a_prepared_client_builds_its_tls_context_before_its_first_request(
+        serve: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a worker prepares its client as its process starts (worker/wiring.py `warm_up`):
+    # parsing the CA bundle then costs the first submits nothing
+    built: list[object] = []
+    real = httpx.create_ssl_context
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(httpx, "create_ssl_context", counting)
+    server = serve(_answer(b'{"request_id": "r1", "status": "in_queue"}'))
+    client = RunComfyClient(TOKEN, server.base)
+    client.prepare()
+    assert len(built) == 1
+    client.prepare()
+    asyncio.run(_submit_then_close(client))
+    assert len(built) == 1  # the session took the prepared context
+
+
+async def _submit_then_close(client: RunComfyClient) -> None:
+    async with client:
+        await client.submit("m/x", {"prompt": "p"})
+
+
 def test_connections_are_kept_and_reused(serve: Any) -> None:
     server = serve(_answer(b"ok"))
     assert _run(_client(), *[("GET", f"{server.base}/x")] * 3) == [b"ok"] * 3

@@ -43,7 +43,7 @@ from rcbatch.worker.manifest import write_manifest
 from rcbatch.worker.poll_timer import PollTimer, run_round
 from rcbatch.worker.refs import StepRef
 from rcbatch.worker.runtime import Runtime
-from rcbatch.worker.wiring import build_runtime, redis_client
+from rcbatch.worker.wiring import build_runtime, redis_client, warm_up
 
 log = structlog.get_logger("rcbatch.worker")
 _runtime: tuple[int, Runtime] | None = None
@@ -111,6 +111,18 @@ class CeleryPublisher:
 def _die_with_the_main_process(**_: Any) -> None:
     """A pool child dies with its worker's main process (no orphans after a SIGKILL)."""
     exit_with_parent()
+
+
+@worker_process_init.connect
+def _warm_up(**_: Any) -> None:
+    """A pool child sets up its runtime before it takes a task (`wiring.warm_up`); a failure
+    here only leaves the set-up to the first task, which reports it as its own."""
+    if getattr(app.conf, "rcbatch_settings", None) is None:
+        return
+    try:
+        warm_up(runtime(), app.conf.rcbatch_settings)
+    except Exception as exc:  # the first task meets it again, and says so
+        log.warning("warm_up_failed", error=type(exc).__name__)
 
 
 def worker_clock(celery_app: Any = app) -> LeaseClock:
