@@ -50,6 +50,21 @@ def test_a_round_takes_what_is_due_by_its_tick_earliest_first_up_to_its_limit(
     assert timer.take(tick) == []  # "late" is not due by this tick
 
 
+def test_polls_planned_together_arm_one_round_and_are_taken_in_the_order_given(
+        timer: PollTimer) -> None:
+    # the jobs a model's first duration wakes, oldest first (polling._record_duration):
+    # names that sort the other way round, so the set's order of equal scores would not do
+    polls = [("b", f"i{k:03d}", 200 - k) for k in range(150, 0, -1)]
+    armed = timer.add_many(polls, 0.001)
+    assert armed is not None and armed[1] <= 0.001 + TICK  # its round: at that tick's end
+    assert timer.add_many(polls[:1], 0.001) is None  # its tick is armed already
+    taken: list[tuple[str, str, int]] = []
+    while batch := timer.take(armed[0]):
+        taken += batch
+    assert taken == polls
+    assert timer.add_many([], 0.001) is None
+
+
 def test_polls_taken_by_a_round_that_died_are_taken_again_after_the_lease(
         timer: PollTimer) -> None:
     armed = timer.add("b", "ran", 1, 0.1)

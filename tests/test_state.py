@@ -131,17 +131,22 @@ def test_begin_step_tells_how_many_of_the_batch_are_still_to_be_submitted(
     assert step.batch["pending"] == "0"
 
 
-def test_only_a_sleeping_poll_step_is_woken(store: Store, clock: Clock) -> None:
-    store.register("a", {}, items(2))
-    for iid in ("i0", "i1"):
+def test_only_sleeping_poll_steps_are_woken(store: Store, clock: Clock) -> None:
+    store.register("a", {}, items(4))
+    for iid, seq in (("i0", 3), ("i1", 3), ("i2", 7), ("i3", 1)):
         store.transition("a", iid, expect=(keys.PENDING,), to=keys.SUBMITTED,
-                         values={"seq": 3, "deliveries": 0})
+                         values={"seq": seq, "deliveries": 0})
     store.begin_step("a", "i1", expect=(keys.SUBMITTED,), guard=("seq", "3"))  # running
-    assert store.wake_poll("a", "i0", due=clock.now + 60) == 4
-    assert store.wake_poll("a", "i1", due=clock.now + 60) is None
+    store.transition("a", "i3", expect=(keys.SUBMITTED,), to=keys.FETCHING)  # moved on
+    woken = store.wake_polls([("a", "i2"), ("a", "i1"), ("a", "i3"), ("a", "i0"),
+                              ("a", "gone")], due=clock.now + 60)
+    assert woken == [("a", "i2", 8), ("a", "i0", 4)]
     assert store.begin_step("a", "i0", expect=(keys.SUBMITTED,), guard=("seq", "3")).ok is False
+    assert store.item("a", "i0")["poll_at"] == repr(clock.now)  # type: ignore[index]
     assert store.item("a", "i1")["seq"] == "3"  # type: ignore[index]
-    assert store.overdue(clock.now + 61) == [("a", "i0")]
+    assert store.item("a", "i3")["seq"] == "1"  # type: ignore[index]
+    assert sorted(store.overdue(clock.now + 61)) == [("a", "i0"), ("a", "i2")]
+    assert store.wake_polls([], due=clock.now) == []
 
 
 def test_jobs_waiting_for_timing_are_taken_once_oldest_first(store: Store) -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rcbatch.worker import keys
@@ -51,6 +51,9 @@ ROUND_LIMIT = 4
 FETCH_INLINE_SECONDS = 1.0
 #: an arm outlives its tick's planned end by this much (a later duplicate round is harmless)
 _ARM_SLACK_MS = 5_000
+
+#: seconds between polls planned together (`add_many`): keeps their order in the set
+_APART = 1e-6
 
 #: a planned poll as the set holds it: (bid, iid, seq)
 Due = tuple[str, str, int]
@@ -80,10 +83,19 @@ class PollTimer:
     def add(self, bid: str, iid: str, seq: int, delay: float) -> tuple[int, float] | None:
         """Plan poll `seq` of an item in `delay` seconds. When it armed its tick, returns
         (tick, seconds to the tick's end): the caller sends that tick's round."""
+        return self.add_many([(bid, iid, seq)], delay)
+
+    def add_many(self, polls: Sequence[Due], delay: float) -> tuple[int, float] | None:
+        """Plan several polls in `delay` seconds, in one round trip; rounds take them in the
+        order given (each is planned a microsecond after the one before). Returns as `add`
+        does, for the tick of the last one."""
+        if not polls:
+            return None
         now = self.clock()
-        tick = math.ceil((now + delay) / TICK)
+        planned = {_member(*due): now + delay + n * _APART for n, due in enumerate(polls)}
+        tick = math.ceil((now + delay + (len(polls) - 1) * _APART) / TICK)
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(keys.POLLS, {_member(bid, iid, seq): now + delay})
+            pipe.zadd(keys.POLLS, planned)
             pipe.set(keys.poll_round(tick), "1", nx=True, px=int(delay * 1000) + _ARM_SLACK_MS)
             armed = pipe.execute()[1]
         return (tick, max(0.0, tick * TICK - now)) if armed else None

@@ -85,6 +85,10 @@ class Publisher(Protocol):
     def poll(self, bid: str, iid: str, seq: int, countdown: float = 0) -> None:
         """Ask a worker to poll an item's remote job."""
 
+    def polls(self, polls: Sequence[tuple[str, str, int]], countdown: float) -> None:
+        """Ask workers to poll several items' remote jobs, (bid, iid, seq) each, in this
+        order, all in `countdown` seconds."""
+
     def fetch(self, bid: str, iid: str, seq: int, countdown: float = 0) -> None:
         """Ask a worker to store an item's outputs."""
 
@@ -114,6 +118,11 @@ class RecordingPublisher:
     def poll(self, bid: str, iid: str, seq: int, countdown: float = 0) -> None:
         """Record a poll nudge."""
         self.sent.append(("poll", (bid, iid, seq), countdown))
+
+    def polls(self, polls: Sequence[tuple[str, str, int]], countdown: float) -> None:
+        """Record several poll nudges, as the polls they are."""
+        for due in polls:
+            self.poll(*due, countdown=countdown)
 
     def fetch(self, bid: str, iid: str, seq: int, countdown: float = 0) -> None:
         """Record a fetch nudge."""

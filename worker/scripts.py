@@ -67,6 +67,25 @@ batch[4] = redis.call('HGET', KEYS[3], 'pending')
 return {1, cur, n, redis.call('HGETALL', KEYS[1]), batch}
 """
 
+# Move the sleeping poll steps of several items (no task of theirs running: deliveries 0) on to
+# a new step each, due by the due time; an item not sleeping is left alone.
+# KEYS: due, then each item's record. ARGV: poll_at, due time, then each item's due member.
+# -> {position among the items (1-based), its new seq} for each item woken
+WAKE_POLLS = """
+local out = {}
+for i = 2, #KEYS do
+  local v = redis.call('HMGET', KEYS[i], 'state', 'seq', 'deliveries')
+  if (v[1] == 'submitted' or v[1] == 'running') and (not v[3] or v[3] == '0') then
+    local seq = tostring(tonumber(v[2] or '0') + 1)
+    redis.call('HSET', KEYS[i], 'seq', seq, 'poll_at', ARGV[1])
+    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i + 1])
+    out[#out + 1] = i - 1
+    out[#out + 1] = seq
+  end
+end
+return out
+"""
+
 # Take pending items of one batch while in-flight slots are free.
 # KEYS: batch, pending, inflight, due, counts, tokens
 # ARGV: now, cap, lease expiry, claim due, max claims, batch id

@@ -31,6 +31,8 @@ KEEP = ""
 REMOVE = "-"
 DELETE_FIELD = "\0"
 _CHUNK = 1000
+#: items woken per script call (`wake_polls`): Redis runs nothing else meanwhile
+_WAKE_CHUNK = 500
 #: seconds a finished batch's records stay (Settings.retention's default)
 DEFAULT_RETENTION = 3 * 86_400.0
 
@@ -101,6 +103,7 @@ class Store:
         self._reserve = client.register_script(scripts.RESERVE)
         self._refund = client.register_script(scripts.REFUND)
         self._register = client.register_script(scripts.REGISTER)
+        self._wake = client.register_script(scripts.WAKE_POLLS)
 
     # --- batches -------------------------------------------------------------------------
 
@@ -338,25 +341,21 @@ class Store:
             pipe.delete(keys.waiting_untimed(model))
             return [keys.split_member(_text(m)) for m in pipe.execute()[0]]
 
-    def wake_poll(self, bid: str, iid: str, due: float) -> int | None:
-        """Move an item's sleeping poll step (none of its tasks running: deliveries 0) on to
-        a new step due now; the new step's sequence, or None when the item is not sleeping
-        (a task of it started meanwhile, it moved on, or it is not polling)."""
-        key = keys.item(bid, iid)
-        with self.redis.pipeline() as pipe:
-            try:
-                pipe.watch(key)
-                state, seq, deliveries = (_text(v) if v is not None else ""
-                                          for v in pipe.hmget(key, "state", "seq", "deliveries"))
-                if state not in (keys.SUBMITTED, keys.RUNNING) or deliveries not in ("", "0"):
-                    return None
-                pipe.multi()
-                pipe.hset(key, mapping={"seq": int(seq) + 1, "poll_at": repr(self.clock())})
-                pipe.zadd(keys.DUE, {keys.member(bid, iid): due})
-                pipe.execute()
-            except redis.WatchError:
-                return None
-        return int(seq) + 1
+    def wake_polls(self, items: Sequence[tuple[str, str]],
+                   due: float) -> list[tuple[str, str, int]]:
+        """Move the sleeping poll steps (none of their tasks running: deliveries 0) of
+        `items` [(bid, iid)] on to a new step each, due by `due`, in one script call per
+        chunk: [(bid, iid, new seq)] of those woken, in the order given. An item not sleeping
+        (a task of it started meanwhile, it moved on, or it is not polling) is left out."""
+        woken = []
+        for start in range(0, len(items), _WAKE_CHUNK):
+            chunk = items[start:start + _WAKE_CHUNK]
+            out = self._wake(keys=[keys.DUE, *(keys.item(b, i) for b, i in chunk)],
+                             args=[repr(self.clock()), repr(due),
+                                   *(keys.member(b, i) for b, i in chunk)])
+            pairs = zip(out[0::2], out[1::2], strict=True)
+            woken += [(*chunk[int(at) - 1], int(seq)) for at, seq in pairs]
+        return woken
 
     def recent_durations(self, model: str) -> list[float]:
         """Recent remote job durations of `model`, newest first."""
