@@ -12,9 +12,10 @@ import fakeredis
 import pytest
 
 from rcbatch.worker import keys, poll_timer
+from rcbatch.worker.pacing import TRUSTED_HISTORY
 from rcbatch.worker.poll_timer import ROUND_LIMIT, TICK, PollTimer, run_round
 from rcbatch.worker.refs import StepRef
-from tests.test_steps import Clock, Harness
+from tests.test_steps import MODEL, Clock, Harness
 
 LEASE = 600.0
 
@@ -98,9 +99,10 @@ def test_entries_left_by_re_driven_items_are_dropped(timer: PollTimer) -> None:
 # --- run_round, with the pipeline's steps ----------------------------------------------------
 
 
-def planned(h: Harness, n: int) -> tuple[PollTimer, int, list[str]]:
+def planned(h: Harness, n: int, finished: bool = True) -> tuple[PollTimer, int, list[str]]:
     """`n` items submitted and their first polls planned in the timer; every job finished at
-    the API and the clock past the polls' tick. Returns the timer, the tick and the items."""
+    the API (unless not `finished`) and the clock past the polls' tick. Returns the timer,
+    the tick and the items."""
     h.api.auto_advance = False
     iids = h.register(n)
     timer = PollTimer(h.store.redis, lease=LEASE, clock=h.clock)
@@ -113,24 +115,60 @@ def planned(h: Harness, n: int) -> tuple[PollTimer, int, list[str]]:
         elif kind == "poll":
             armed = timer.add(*args, max(countdown, 0.01))
             ticks.add(armed[0] if armed else None)
-    for rid in list(h.api.jobs):
+    for rid in list(h.api.jobs) if finished else ():
         h.api.finish(rid)
     h.clock.now += 60
     return timer, max(t for t in ticks if t is not None), iids
 
 
-def test_a_round_runs_its_polls_then_their_fetches_and_sends_itself_again_when_full() -> None:
+def timed(h: Harness) -> None:
+    """The model's durations known (no first duration to wake the other polls)."""
+    for _ in range(TRUSTED_HISTORY):
+        h.store.record_duration(MODEL, 1.0)
+
+
+def test_a_round_of_jobs_still_running_sends_itself_again_when_full() -> None:
     h = Harness()
-    timer, tick, iids = planned(h, ROUND_LIMIT + 2)
+    timer, tick, iids = planned(h, ROUND_LIMIT + 2, finished=False)
     sent_again = []
     assert run_round(h.rt, timer, tick, again=lambda: sent_again.append(tick)) == ROUND_LIMIT
     assert sent_again == [tick]
-    order = [endpoint for endpoint, _ in h.api.requests if endpoint in ("result", "download")]
-    assert order == ["result"] * ROUND_LIMIT + ["download"] * ROUND_LIMIT
     assert run_round(h.rt, timer, tick, again=lambda: sent_again.append(tick)) == 2
     assert sent_again == [tick]
+    assert not h.api.calls("download")
+    assert {h.state(i) for i in iids} <= {keys.SUBMITTED, keys.RUNNING}
+
+
+def test_a_round_that_finds_jobs_done_polls_the_backlog_and_refills_before_downloading() -> None:
+    # a wave of jobs that ended together: every poll refills a slot, so they all come first
+    h = Harness()
+    timed(h)
+    timer, tick, iids = planned(h, 13)  # 8 in flight (the harness's cap), 5 waiting
+    before = len(h.api.requests)
+    assert run_round(h.rt, timer, tick, again=lambda: None) == 2 * ROUND_LIMIT
+    calls = [endpoint for endpoint, _ in h.api.requests[before:]]
+    first_download = calls.index("download")
+    assert calls[:first_download].count("result") == 2 * ROUND_LIMIT
+    assert calls[:first_download].count("submit") == 5  # every freed slot refilled first
+    assert calls[first_download:].count("download") == 2 * ROUND_LIMIT
+    assert [h.state(i) for i in iids[:8]] == [keys.COMPLETED] * 8
+
+
+def test_a_round_stops_taking_more_polls_after_its_time_for_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness()
+    timed(h)
+    timer, tick, iids = planned(h, 2 * ROUND_LIMIT)
+    real_poll = poll_timer.poll
+
+    def slow_poll(rt: Any, ref: StepRef) -> None:
+        real_poll(rt, ref)
+        h.clock.now += poll_timer.POLLS_FIRST_SECONDS / ROUND_LIMIT + 0.001
+
+    monkeypatch.setattr(poll_timer, "poll", slow_poll)
+    assert run_round(h.rt, timer, tick, again=lambda: None) == ROUND_LIMIT
+    assert run_round(h.rt, timer, tick, again=lambda: None) == ROUND_LIMIT
     assert [h.state(i) for i in iids] == [keys.COMPLETED] * len(iids)
-    assert len(h.bucket.list_keys("b/")) == len(iids)
 
 
 def test_one_item_failing_in_a_round_leaves_the_others_running(

@@ -7,8 +7,9 @@ bench/RESULTS.md). So a poll planned for time t joins `rcb:polls` (member "{seq}
 score t) and arms t's tick (ticks of `TICK` seconds): the first poll of a tick sends one
 `rcbatch.poll_round` message due at the tick's end, the others of that tick send nothing. A
 round (`run_round`) takes up to `ROUND_LIMIT` polls due by then and runs them one after
-another, then the fetches of the jobs it found finished; when it took that many polls it
-first sends another round, so a backlog spreads over every free pool slot. A poll runs late by
+another (more, while they find jobs done), then the fetches of the jobs it found finished;
+when it took that many polls it first sends another round, so a backlog spreads over every
+free pool slot. A poll runs late by
 at most one tick plus the polls ahead of it in its round.
 
 Why nothing is lost or run twice:
@@ -38,7 +39,7 @@ from typing import Any
 from rcbatch.worker import keys
 from rcbatch.worker.fetching import hand_over, store_outputs
 from rcbatch.worker.polling import poll
-from rcbatch.worker.refs import StepRef
+from rcbatch.worker.refs import PendingFetch, StepRef
 from rcbatch.worker.runtime import Runtime
 from rcbatch.worker.submission import isolated
 
@@ -46,6 +47,8 @@ from rcbatch.worker.submission import isolated
 TICK = 0.05
 #: polls one round runs; a round that takes this many sends another first
 ROUND_LIMIT = 4
+#: a round that finds jobs done takes more due polls before its first fetch for this long
+POLLS_FIRST_SECONDS = 0.5
 #: after the first fetch of a round, more run in the round only while it has run this long;
 #: later ones go to fetch tasks (a long download must not hold the others up)
 FETCH_INLINE_SECONDS = 1.0
@@ -120,22 +123,38 @@ class PollTimer:
 
 def run_round(rt: Runtime, timer: PollTimer, tick: int, again: Callable[[], None]) -> int:
     """Run the polls due by `tick` (calling `again` first when there may be more), then the
-    fetches of the jobs found finished; returns how many polls were run."""
+    fetches of the jobs found finished; returns how many polls were run.
+
+    While it finds jobs done and more polls are due (a wave that ended together), the round
+    goes on taking polls for up to POLLS_FIRST_SECONDS before its first fetch: each job seen
+    done refills its slot, so the slots of a wave are refilled before its downloads."""
     due = timer.take(tick)
     if len(due) >= ROUND_LIMIT:
         again()
-    started, rt.fetch_later = rt.clock(), []
+    started = rt.clock()
+    fetches = _run_polls(rt, timer, due)
+    ran = len(due)
+    while len(due) >= ROUND_LIMIT and fetches and rt.clock() - started < POLLS_FIRST_SECONDS:
+        due = timer.take(tick)
+        fetches += _run_polls(rt, timer, due)
+        ran += len(due)
+    for n, fetch in enumerate(fetches):
+        inline = n == 0 or rt.clock() - started < FETCH_INLINE_SECONDS
+        isolated(rt, fetch.ref, "round_fetch_failed",
+                 functools.partial(store_outputs if inline else hand_over, rt, fetch))
+    return ran
+
+
+def _run_polls(rt: Runtime, timer: PollTimer, due: list[Due]) -> list[PendingFetch]:
+    """Run taken polls; the fetches of the jobs they found done, left for the caller."""
+    rt.fetch_later = []
     try:
         ran = [planned for planned in due if _poll(rt, StepRef.at_seq(*planned))]
         fetches = rt.fetch_later
     finally:
         rt.fetch_later = None
     timer.done(ran)  # one that failed stays leased: taken again once the lease ends
-    for n, fetch in enumerate(fetches):
-        inline = n == 0 or rt.clock() - started < FETCH_INLINE_SECONDS
-        isolated(rt, fetch.ref, "round_fetch_failed",
-                 functools.partial(store_outputs if inline else hand_over, rt, fetch))
-    return len(due)
+    return fetches
 
 
 def _poll(rt: Runtime, ref: StepRef) -> bool:
