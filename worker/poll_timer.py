@@ -9,8 +9,7 @@ score t) and arms t's tick (ticks of `TICK` seconds): the first poll of a tick s
 round (`run_round`) takes up to `ROUND_LIMIT` polls due by then and runs them one after
 another (more, while they find jobs done), then the fetches of the jobs it found finished;
 when it took that many polls it first sends another round, so a backlog spreads over every
-free pool slot. A poll runs late by
-at most one tick plus the polls ahead of it in its round.
+free pool slot. A poll runs late by at most one tick plus the polls ahead of it in its round.
 
 Why nothing is lost or run twice:
 - An entry carries its step sequence, so one made stale by a re-drive runs as a stale poll
