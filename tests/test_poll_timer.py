@@ -30,20 +30,20 @@ def now(timer: PollTimer) -> float:
 
 
 def test_the_polls_of_one_tick_send_one_round_at_its_end(timer: PollTimer) -> None:
-    first = timer.add("b", "i1", 3, 0.51)
+    first = timer.add([("b", "i1", 3)], 0.51)
     assert first is not None
     tick, countdown = first
     assert tick * TICK >= now(timer) + 0.51 and 0.51 <= countdown < 0.51 + TICK
-    assert timer.add("b", "i2", 5, 0.52) is None  # same tick: nothing more to send
-    later = timer.add("b", "i3", 1, 2.0)
+    assert timer.add([("b", "i2", 5)], 0.52) is None  # same tick: nothing more to send
+    later = timer.add([("b", "i3", 1)], 2.0)
     assert later is not None and later[0] > tick
 
 
 def test_a_round_takes_what_is_due_by_its_tick_earliest_first_up_to_its_limit(
         timer: PollTimer) -> None:
-    armed = timer.add("b", "late", 1, 5.0)
+    armed = timer.add([("b", "late", 1)], 5.0)
     for k in range(ROUND_LIMIT + 1):
-        armed = timer.add("b", f"i{k}", k + 1, 0.3 - k * 0.01) or armed
+        armed = timer.add([("b", f"i{k}", k + 1)], 0.3 - k * 0.01) or armed
     tick = poll_timer.math.ceil((now(timer) + 0.3) / TICK)
     taken = timer.take(tick)
     assert taken == [("b", f"i{k}", k + 1) for k in range(ROUND_LIMIT, 0, -1)]
@@ -56,20 +56,20 @@ def test_polls_planned_together_arm_one_round_and_are_taken_in_the_order_given(
     # the jobs a model's first duration wakes, oldest first (polling._record_duration):
     # names that sort the other way round, so the set's order of equal scores would not do
     polls = [("b", f"i{k:03d}", 200 - k) for k in range(150, 0, -1)]
-    armed = timer.add_many(polls, 0.001)
+    armed = timer.add(polls, 0.001)
     assert armed is not None and armed[1] <= 0.001 + TICK  # its round: at that tick's end
-    assert timer.add_many(polls[:1], 0.001) is None  # its tick is armed already
+    assert timer.add(polls[:1], 0.001) is None  # its tick is armed already
     taken: list[tuple[str, str, int]] = []
     while batch := timer.take(armed[0]):
         taken += batch
     assert taken == polls
-    assert timer.add_many([], 0.001) is None
+    assert timer.add([], 0.001) is None
 
 
 def test_polls_taken_by_a_round_that_died_are_taken_again_after_the_lease(
         timer: PollTimer) -> None:
-    armed = timer.add("b", "ran", 1, 0.1)
-    timer.add("b", "lost", 1, 0.1)
+    armed = timer.add([("b", "ran", 1)], 0.1)
+    timer.add([("b", "lost", 1)], 0.1)
     assert armed is not None
     timer.clock.now += 0.2  # type: ignore[attr-defined]
     taken = timer.take(armed[0])
@@ -81,17 +81,17 @@ def test_polls_taken_by_a_round_that_died_are_taken_again_after_the_lease(
 
 
 def test_a_poll_planned_after_its_ticks_round_ran_arms_it_again(timer: PollTimer) -> None:
-    armed = timer.add("b", "i1", 1, 0.2)
+    armed = timer.add([("b", "i1", 1)], 0.2)
     assert armed is not None
     timer.clock.now += 0.3  # type: ignore[attr-defined]
     assert timer.take(armed[0]) == [("b", "i1", 1)]
-    again = timer.add("b", "i2", 1, 0.001)  # lands in a tick whose round just ran
+    again = timer.add([("b", "i2", 1)], 0.001)  # lands in a tick whose round just ran
     assert again is not None and timer.take(again[0]) == [("b", "i2", 1)]
 
 
 def test_entries_left_by_re_driven_items_are_dropped(timer: PollTimer) -> None:
-    timer.add("b", "old", 1, 1.0)
-    timer.add("b", "new", 1, 500.0)
+    timer.add([("b", "old", 1)], 1.0)
+    timer.add([("b", "new", 1)], 500.0)
     assert timer.drop_stale(now(timer) + 100) == 1
     assert [m.decode() for m in timer.redis.zrange(keys.POLLS, 0, -1)] == ["1 b/new"]
 
@@ -113,7 +113,7 @@ def planned(h: Harness, n: int, finished: bool = True) -> tuple[PollTimer, int, 
             h.publisher.sent.insert(0, (kind, args, 0))
             h.step()
         elif kind == "poll":
-            armed = timer.add(*args, max(countdown, 0.01))
+            armed = timer.add([args], max(countdown, 0.01))
             ticks.add(armed[0] if armed else None)
     for rid in list(h.api.jobs) if finished else ():
         h.api.finish(rid)

@@ -54,7 +54,7 @@ FETCH_INLINE_SECONDS = 1.0
 #: an arm outlives its tick's planned end by this much (a later duplicate round is harmless)
 _ARM_SLACK_MS = 5_000
 
-#: seconds between polls planned together (`add_many`): keeps their order in the set
+#: seconds between polls planned together (`PollTimer.add`): keeps their order in the set
 _APART = 1e-6
 
 #: a planned poll as the set holds it: (bid, iid, seq)
@@ -82,15 +82,11 @@ class PollTimer:
         self.clock = clock
         self._take = redis.register_script(_TAKE)
 
-    def add(self, bid: str, iid: str, seq: int, delay: float) -> tuple[int, float] | None:
-        """Plan poll `seq` of an item in `delay` seconds. When it armed its tick, returns
-        (tick, seconds to the tick's end): the caller sends that tick's round."""
-        return self.add_many([(bid, iid, seq)], delay)
-
-    def add_many(self, polls: Sequence[Due], delay: float) -> tuple[int, float] | None:
-        """Plan several polls in `delay` seconds, in one round trip; rounds take them in the
-        order given (each is planned a microsecond after the one before). Returns as `add`
-        does, for the tick of the last one."""
+    def add(self, polls: Sequence[Due], delay: float) -> tuple[int, float] | None:
+        """Plan polls [(bid, iid, seq)] in `delay` seconds, in one round trip; rounds take
+        them in the order given (each is planned a microsecond after the one before). When
+        this armed the tick of the last one, returns (tick, seconds to the tick's end): the
+        caller sends that tick's round."""
         if not polls:
             return None
         now = self.clock()

@@ -262,7 +262,7 @@ def _record_duration(rt: Runtime, model: str, seconds: float) -> None:
     assert rt.pacer is not None
     first = not rt.pacer.timed(model)
     rt.store.record_duration(model, seconds)
-    if first:  # in two round trips and one round message, however many wait (150 at C=100)
+    if first:  # three round trips and one round message, however many wait (150 at C=100)
         woken = rt.store.wake_polls(rt.store.take_waiting_for_timing(model),
                                     due=rt.clock() + rt.limits.step_grace)
         rt.publisher.polls(woken, countdown=WAKE_SOON)

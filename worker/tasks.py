@@ -78,28 +78,19 @@ class CeleryPublisher:
 
     def poll(self, bid: str, iid: str, seq: int, countdown: float = 0) -> None:
         """Nudge a poll: now as a message of its own, later through the timer."""
-        if self.timer is None or countdown <= 0:
-            self._send("rcbatch.poll", [bid, iid, seq], countdown)
-            return
-        try:
-            armed = self.timer.add(bid, iid, seq, countdown)
-        except Exception as exc:  # Redis unreachable: the due set re-drives it
-            log.warning("publish_failed", task="rcbatch.poll", args=[bid, iid, seq],
-                        error=type(exc).__name__)
-            return
-        if armed is not None:
-            self.poll_round(*armed)
+        self.polls([(bid, iid, seq)], countdown)
 
     def polls(self, polls: Sequence[tuple[str, str, int]], countdown: float) -> None:
-        """Nudge several polls: later through the timer, in one round trip (`add_many`)."""
+        """Nudge polls: now as a message each, later through the timer (one round trip for
+        all of them, `PollTimer.add`)."""
         if self.timer is None or countdown <= 0:
             for due in polls:
-                self.poll(*due, countdown=countdown)
+                self._send("rcbatch.poll", list(due), countdown)
             return
         try:
-            armed = self.timer.add_many(polls, countdown)
+            armed = self.timer.add(polls, countdown)
         except Exception as exc:  # Redis unreachable: the due set re-drives them
-            log.warning("publish_failed", task="rcbatch.poll", polls=len(polls),
+            log.warning("publish_failed", task="rcbatch.poll", args=[list(d) for d in polls],
                         error=type(exc).__name__)
             return
         if armed is not None:
