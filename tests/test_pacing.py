@@ -347,3 +347,40 @@ def test_the_first_duration_of_a_model_wakes_its_waiting_jobs_at_once() -> None:
     assert all(cluster.item(iid)["state"] == "completed" for iid in durations)
     assert {float(cluster.item(iid)["finished_at"]) for iid in durations} <= {
         seen_first, seen_first + WAKE_SOON}
+
+
+def staggered(cluster: Cluster, seconds: float) -> None:
+    """Send the cluster's first submits `seconds` apart instead of all at once."""
+    cluster.run(until=cluster.now - 1)  # collects the dispatch's nudges, runs none
+    cluster.queue = [(cluster.now + n * seconds, sent, kind, args)
+                     for n, (_, sent, kind, args) in enumerate(sorted(cluster.queue))]
+    heapq.heapify(cluster.queue)
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_a_sweep_job_seen_done_has_the_jobs_submitted_before_it_asked_at_once(
+        uniform: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A timed model whose jobs take 30 s, a second apart at the API, the first four queued
+    # there until 10 s: all end at 40 s, i4 at 40.2 s. Polled on their own, the earlier ones
+    # are asked gaps of ~3 s apart after their own submission: one seen done later than a
+    # job submitted after it by up to a gap. Noted in submission order (worker/job_order.py)
+    # they are asked as soon as a later one is seen done.
+    durations = {"i0": 40.0, "i1": 39.0, "i2": 38.0, "i3": 37.0, "i4": 36.2}
+    if not uniform:  # the same run without the order: what it guards against
+        monkeypatch.setattr(Pacer, "uniform", lambda self, model: False)
+    cluster = Cluster(durations, history=[30.0] * 20 + [34.0 + 0.5 * k for k in range(20)])
+    staggered(cluster, 1.0)
+    cluster.run(until=cluster.now + 60.0)
+    seen = {iid: float(cluster.item(iid)["remote_finished_at"]) for iid in durations}
+    late = max(seen[a] - seen[b] for a in durations for b in durations if a < b)
+    assert all(cluster.item(iid)["state"] == "completed" for iid in durations)
+    if uniform:
+        assert late <= WAKE_SOON + 1e-9
+    else:
+        assert late > 1.0
+
+
+def test_a_model_takes_one_time_when_its_history_has_a_spike_at_its_earliest_end() -> None:
+    assert pacer_over([2.0] * 20 + [2.4 + 0.1 * k for k in range(20)]).uniform(MODEL)
+    assert not pacer_over([1.0 + 2.0 * k / 199 for k in range(200)]).uniform(MODEL)
+    assert not pacer_over([2.0] * 7).uniform(MODEL)  # too few ends to tell
