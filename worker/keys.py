@@ -139,12 +139,6 @@ def waiting_untimed(model: str) -> str:
     return f"{PREFIX}:untimed-by-age:{model}"
 
 
-def submit_order(model: str) -> str:
-    """A model's remote jobs (`bid/iid`) noted at submission, scored by submission time
-    (worker/job_order.py)."""
-    return f"{PREFIX}:submit-order:{model}"
-
-
 def scout(model: str, n: int | str) -> str:
     """Scout key `n` of a model: taken (until a time) by a poll that may ask the API about a
     model whose durations are not known yet, or "oldest" (worker/polling.py)."""

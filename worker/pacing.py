@@ -177,16 +177,6 @@ class Pacer:
         spike = _spike_end(history, early, latency_gap(early))
         return remaining if spike is None else max(0.0, min(remaining, spike - elapsed))
 
-    def uniform(self, model: str) -> bool:
-        """Whether the jobs of `model` take one time, as a sweep's do: its history has a
-        spike at its earliest end (`_first_aim`). The API starts jobs first in, first out,
-        so such jobs also end in the order they were submitted (worker/job_order.py)."""
-        history = self._history(model)
-        if len(history) < AIM_SAMPLES:
-            return False
-        early = _quantile(history, EARLY_QUANTILE)
-        return _spike_end(history, early, latency_gap(early)) is not None
-
     def timed(self, model: str) -> bool:
         """Whether enough durations of `model` are known to plan its polls."""
         return len(self._history(model)) >= MIN_HISTORY

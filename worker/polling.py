@@ -39,9 +39,6 @@ SCOUT_MEMORY = 600
 #: jobs that ended together gets its slots refilled before the downloads), rather than in a
 #: message each (worker/poll_timer.py)
 WAKE_SOON = 0.001
-#: a job submitted before one seen done is woken unless its poll is planned within this
-#: (worker/job_order.py): one tick of the poll timer
-EARLIER_SOON = 0.05
 
 
 def poll(rt: Runtime, ref: StepRef) -> None:
@@ -236,8 +233,6 @@ def _succeeded(rt: Runtime, ref: StepRef, step: Step, answer: ResultAnswer) -> N
                                 due=now + rt.limits.step_grace, inflight=REMOVE, values=values)
     if ok:
         rt.item_log(ref).info("item_fetching", state=keys.FETCHING, outputs=len(urls))
-        if item.get("ordered") == "1":
-            _wake_earlier(rt, ref, item)
         dispatch(rt, inline=1)  # the slot is free: fill it before the download
         # Stored right here rather than through a fetch nudge: one task and one hop less per
         # job (in a round, once its other polls ran). The item is `fetching` with its own
@@ -271,19 +266,6 @@ def _record_duration(rt: Runtime, model: str, seconds: float) -> None:
         woken = rt.store.wake_polls(rt.store.take_waiting_for_timing(model),
                                     due=rt.clock() + rt.limits.step_grace)
         rt.publisher.polls(woken, countdown=WAKE_SOON)
-
-
-def _wake_earlier(rt: Runtime, ref: StepRef, item: dict[str, str]) -> None:
-    """A job noted in submission order was seen done: while its model takes one time, the
-    jobs submitted before it are done too (worker/job_order.py), so those waiting for a
-    later poll are asked now, through the poll timer like the first duration's wake."""
-    assert rt.pacer is not None and rt.order is not None
-    now = rt.clock()
-    woken = rt.order.seen_done(
-        item["model"], ref.bid, ref.iid, float(item.get("submitted_at") or now),
-        wake=rt.pacer.uniform(item["model"]), now=now, due=now + rt.limits.step_grace,
-        soon=now + EARLIER_SOON)
-    rt.publisher.polls(woken, countdown=WAKE_SOON)
 
 
 def _job_time(answer: ResultAnswer, item: dict[str, str], now: float) -> float:

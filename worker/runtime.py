@@ -25,7 +25,6 @@ from rcbatch.runcomfy.client import RunComfyClient
 from rcbatch.worker import keys
 from rcbatch.worker.bucket import Bucket
 from rcbatch.worker.bucket.base import REFUSED, UNAVAILABLE
-from rcbatch.worker.job_order import SubmitOrder
 from rcbatch.worker.pacing import Pacer
 from rcbatch.worker.refs import PendingFetch, StepRef
 from rcbatch.worker.state import REMOVE, Store
@@ -150,8 +149,6 @@ class Runtime:
     publisher: Publisher
     limits: Limits = field(default_factory=Limits)
     pacer: Pacer | None = None
-    #: the jobs of each model in submission order (built on the store's client when None)
-    order: SubmitOrder | None = None
     clock: Callable[[], float] = time.time
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     log: Any = field(default_factory=lambda: structlog.get_logger("rcbatch.worker"))
@@ -169,8 +166,6 @@ class Runtime:
     def __post_init__(self) -> None:
         if self.pacer is None:
             self.pacer = Pacer(self.store.recent_durations)
-        if self.order is None:
-            self.order = SubmitOrder(self.store.redis)
 
     def run(self, awaitable: Awaitable[T]) -> T:
         """Run a coroutine on this process's own event loop (one task at a time)."""

@@ -330,21 +330,12 @@ def _accepted(rt: Runtime, ref: StepRef, request_id: str, model: str) -> None:
     wake = rt.pacer.first_wake(model)
     if wake is not None and wake < hop - HOP_SLACK:
         hop = wake  # planned on a short history: wake at its earliest end to aim again
-    # a job of a model that takes one time is noted in submission order: seen done, it
-    # wakes the jobs submitted before it (worker/job_order.py)
-    ordered = rt.pacer.uniform(model)
-    values: dict[str, object] = {
-        "request_id": request_id, "submitted_at": now, "seq": 1, "deliveries": 0, "polls": 0,
-        "step_errors": 0, "outage_errors": 0, "poll_at": now + delay,
-        "ordered": 1 if ordered else 0, "cascaded": 0}
     ok, _ = rt.store.transition(
         ref, expect=(keys.SUBMITTING,), to=keys.SUBMITTED,
         due=now + hop + rt.limits.step_grace, inflight=now + rt.limits.slot_lease,
-        values=values)
+        values={"request_id": request_id, "submitted_at": now, "seq": 1, "deliveries": 0,
+                "polls": 0, "step_errors": 0, "outage_errors": 0, "poll_at": now + delay})
     if ok:
-        if ordered:
-            assert rt.order is not None
-            rt.order.note(model, ref.bid, ref.iid, now)
         rt.publisher.poll(ref.bid, ref.iid, 1, countdown=hop)
 
 
