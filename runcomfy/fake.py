@@ -34,6 +34,7 @@ import threading
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import httpx
@@ -65,6 +66,8 @@ class FakeJob:
     state: str = "in_queue"
     outputs: list[str] = field(default_factory=list)
     error: Any = None
+    #: from creation to end, as /result's timestamps tell it
+    seconds: float = 30.0
 
 
 @dataclass
@@ -78,6 +81,8 @@ class _Fault:
 
 #: where the fake CDN's name resolves (a documentation-range-like public address)
 FAKE_CDN_ADDRESS = "93.184.215.14"
+#: every job's creation time on /result
+_CREATED = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 class FakeRunComfy:
@@ -132,11 +137,14 @@ class FakeRunComfy:
                 job.state = "in_progress"
 
     def finish(self, request_id: str, *, outputs: list[str] | None = None,
-               error: Any = None) -> None:
+               error: Any = None, seconds: float | None = None) -> None:
         """End a job now: failed with `error` when given, else succeeded with `outputs`
-        (default: one file on the fake CDN, served by downloads)."""
+        (default: one file on the fake CDN, served by downloads); /result's timestamps say
+        it took `seconds` (default 30)."""
         with self._lock:
             job = self.jobs[request_id]
+            if seconds is not None:
+                job.seconds = seconds
             if error is not None:
                 job.state, job.error = "failed", error
                 return
@@ -261,13 +269,13 @@ class FakeRunComfy:
 
     def _result_body(self, job: FakeJob, include_cost: bool) -> dict[str, Any]:
         body: dict[str, Any] = {"request_id": job.request_id, "status": job.state,
-                                "created_at": "2025-01-01T00:00:00Z"}
+                                "created_at": _CREATED.isoformat()}
         if job.state == "succeeded":
             body["output"] = _output_object(job.outputs)
         if job.state == "failed":
             body["error"] = job.error
         if job.state in ("succeeded", "failed", "cancelled"):
-            body["finished_at"] = "2025-01-01T00:00:30Z"
+            body["finished_at"] = (_CREATED + timedelta(seconds=job.seconds)).isoformat()
             if include_cost:
                 body["cost"] = self.cost if job.state == "succeeded" else 0.0
         return body
