@@ -19,6 +19,7 @@ from rcbatch.runcomfy.fake import FakeRunComfy
 from rcbatch.worker import fetching, polling, submission
 from rcbatch.worker.bucket import MemoryBucket
 from rcbatch.worker.pacing import (
+    MIN_POLL_DELAY,
     Pacer,
     WakePlan,
     guard_interval,
@@ -159,6 +160,30 @@ def test_spread_durations_keep_their_gaps_in_the_tail() -> None:
     assert spread.next_delay(MODEL, 2.0, 2, tail=True) >= 0.95 * latency_gap(2.0)
 
 
+def refill_pacer(refill_times: list[float]) -> Pacer:
+    return Pacer(lambda _model: [2.0] * 24, rng=random.Random(7), clock=lambda: 0.0,
+                 refill_times=lambda _model: refill_times)
+
+
+def test_a_refill_is_first_asked_near_the_top_of_its_waves_refill_times() -> None:
+    # a wave's refills end two job times after the ends that freed their slots, give or
+    # take the spread of the wave's ends; this one was submitted 0.4 s after its slot's end
+    times = [3.8 + 0.3 * k / 99 for k in range(100)]
+    delay = refill_pacer(times).refill_delay(MODEL, lead=0.4)
+    assert delay == pytest.approx(3.8 + 0.3 * 0.9 + 0.02 - 0.4, abs=0.01)
+
+
+def test_refill_times_that_are_not_a_waves_leave_the_first_poll_to_the_durations() -> None:
+    half_queued = [2.1 + 0.3 * k / 49 for k in range(50)] + [4.0] * 50
+    spread = [1.0 + 4.0 * k / 199 for k in range(200)]
+    for times in (half_queued, spread, [4.0] * 7):
+        assert refill_pacer(times).refill_delay(MODEL, lead=0.1) is None, times[:3]
+
+
+def test_a_refill_submitted_after_its_waves_end_is_asked_at_once() -> None:
+    assert refill_pacer([4.0] * 24).refill_delay(MODEL, lead=4.5) == MIN_POLL_DELAY
+
+
 def test_a_timed_job_is_not_polled_before_the_earliest_jobs_end() -> None:
     times = poll_times(pacer_over([30.0 + k for k in range(16)]), 60.0)
     assert times[0] >= 30.0
@@ -248,17 +273,20 @@ class Cluster:
     """rcbatch's real steps over fakeredis and the fake API, run in countdown order by a
     hand-moved clock; the fake API ends each job `durations[item]` s after its submission."""
 
-    def __init__(self, durations: dict[str, float], history: Sequence[float] = ()) -> None:
+    def __init__(self, durations: dict[str, float], history: Sequence[float] = (),
+                 in_flight: int | None = None) -> None:
         self.now = 1_000.0
         self.api = FakeRunComfy(auto_advance=False)
         self.publisher = RecordingPublisher()
         self.store = Store(fakeredis.FakeRedis(), clock=lambda: self.now)
         self.rt = Runtime(store=self.store, client=self.api.client(),
                           buckets=lambda _url: MemoryBucket(), publisher=self.publisher,
-                          limits=Limits(max_in_flight=len(durations), submit_rate=1000),
+                          limits=Limits(max_in_flight=in_flight or len(durations),
+                                        submit_rate=1000),
                           clock=lambda: self.now)
         self.rt.pacer = Pacer(self.store.recent_durations, rng=random.Random(3),
-                              clock=lambda: self.now)
+                              clock=lambda: self.now,
+                              refill_times=self.store.recent_refill_times)
         self.durations = durations
         self.queue: list[tuple[float, int, str, tuple[object, ...]]] = []
         self.sent = 0
@@ -298,6 +326,52 @@ class Cluster:
             if rid and submitted and self.api.jobs[rid].state == "in_queue" and (
                     self.now >= float(submitted) + duration):
                 self.api.finish(rid)
+
+
+class QueueingCluster(Cluster):
+    """A Cluster whose API runs at most `cap` jobs at once, the others waiting in its queue
+    in submission order, as RunComfy's does: a sweep of `waves` x `cap` equal jobs."""
+
+    def __init__(self, waves: int, cap: int, seconds: float, in_flight: int) -> None:
+        self.seconds = seconds
+        self.free = [0.0] * cap  # when each of the API's slots frees
+        #: request id -> when its job ends
+        self.ends: dict[str, float] = {}
+        super().__init__({f"i{k:03d}": seconds for k in range(waves * cap)},
+                         history=[seconds] * 24, in_flight=in_flight)
+
+    def end_of(self, iid: str) -> float:
+        return self.ends[self.item(iid)["request_id"]]
+
+    def _end_jobs(self) -> None:
+        records = [self.item(iid) for iid in self.durations]
+        fresh = sorted((float(r["submitted_at"]), r["request_id"]) for r in records
+                       if r.get("request_id") and r["request_id"] not in self.ends)
+        for submitted, rid in fresh:  # each takes the first slot to free, in submit order
+            end = max(submitted, heapq.heappop(self.free)) + self.seconds
+            heapq.heappush(self.free, end)
+            self.ends[rid] = end
+        for r in records:
+            rid = r.get("request_id")
+            if rid and self.api.jobs[rid].state == "in_queue" and self.now >= self.ends[rid]:
+                self.api.finish(rid, seconds=self.ends[rid] - float(r["submitted_at"]))
+
+
+def test_refills_waiting_a_wave_in_the_api_queue_are_asked_once_just_after_they_end(
+) -> None:
+    # a whole wave waits in the API's queue: a refill ends two job times after the end that
+    # freed its slot, however long after that end it was submitted, while its duration from
+    # submission spreads over a job's time (jobs seen late were refilled late)
+    cluster = QueueingCluster(waves=10, cap=4, seconds=2.0, in_flight=8)
+    cluster.run(until=cluster.now + 40.0)
+    items = {iid: cluster.item(iid) for iid in cluster.durations}
+    assert all(r["state"] == "completed" for r in items.values())
+    late = [iid for iid in list(items)[-16:]]  # the last four waves' (refill times known)
+    assert all(items[iid].get("slot_freed_at") for iid in late)
+    for iid in late:
+        assert int(items[iid]["polls"]) == 1
+        assert float(items[iid]["remote_finished_at"]) - cluster.end_of(iid) <= 0.05
+    assert cluster.store.recent_refill_times(MODEL)[0] == pytest.approx(4.0)
 
 
 def test_a_first_wave_is_timed_by_a_few_probes_and_then_seen_within_the_bar() -> None:

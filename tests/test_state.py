@@ -158,6 +158,18 @@ def test_jobs_waiting_for_timing_are_taken_once_oldest_first(store: Store) -> No
     assert store.take_waiting_for_timing("other") == [("a", "i9")]
 
 
+def test_a_model_keeps_its_recent_durations_and_refill_times_newest_first(
+        store: Store) -> None:
+    store.record_duration("m", 2.0)
+    store.record_duration("m", 2.5, refill_time=4.0)
+    for k in range(5):
+        store.record_duration("other", float(k), refill_time=10.0 + k, keep=3)
+    assert store.recent_durations("m") == [2.5, 2.0]
+    assert store.recent_refill_times("m") == [4.0]  # only a refill has one
+    assert store.recent_durations("other") == [4.0, 3.0, 2.0]
+    assert store.recent_refill_times("other") == [14.0, 13.0, 12.0]
+
+
 def test_submit_rate_is_shared_and_cooldown_holds_everyone(store: Store, clock: Clock) -> None:
     waits = [store.acquire_submit(rate=2.0, burst=2.0) for _ in range(3)]
     assert waits[:2] == [0.0, 0.0] and waits[2] == pytest.approx(0.5)

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import fakeredis
@@ -386,6 +387,21 @@ def test_a_slot_freed_by_a_finished_job_is_refilled_by_a_submit_in_the_same_step
     assert [h.state(i) for i in ids] == [keys.COMPLETED] * 5
     assert len(h.api.calls("submit")) == 5
     assert kinds.count("submit") == 2  # the first two; each later one rode on a finished poll
+
+
+def test_a_job_seen_done_refills_its_own_slot_noting_when_that_slot_freed() -> None:
+    h = Harness(Limits(max_in_flight=2, submit_rate=1000))
+    h.register(4)
+    h.step(), h.step()  # the first two submits
+    h.rt.limits = replace(h.rt.limits, max_in_flight=3)  # a third slot, not freed by a job
+    while h.state("i0") != keys.COMPLETED and h.state("i1") != keys.COMPLETED:
+        h.step()
+    done = "i0" if h.state("i0") == keys.COMPLETED else "i1"
+    ended = float(h.store.item("b", done)["submitted_at"]) + 30.0  # type: ignore[index]
+    assert [h.state(i) for i in ("i2", "i3")] == [keys.SUBMITTED, keys.PENDING]
+    assert float(h.store.item("b", "i2")["slot_freed_at"]) == ended  # type: ignore[index]
+    h.drive()  # the third slot is filled by the next dispatch
+    assert h.state("i3") == keys.COMPLETED
 
 
 def test_a_run_of_refused_items_refills_without_recursing() -> None:

@@ -18,6 +18,8 @@ Every key rcbatch writes is named here, so a newcomer can list what lives in Red
     rcb:rate                   HASH  the shared submit token bucket
     rcb:cooldown               STR   submissions wait until this time (after a 429)
     rcb:durations:{model}      LIST  recent remote job durations, for poll pacing
+    rcb:refill-times:{model}   LIST  recent times from a freed slot's job end to the end of
+                                     the refill that took the slot, for poll pacing
     rcb:scout:{model}:{n}      STR   held while a poll asks the API about a model not yet timed
     rcb:scout:{model}:oldest   STR   submission time of the model's oldest job not yet timed
     rcb:untimed-by-age:{model} ZSET  "{bid}/{iid}" -> submission time, waiting for the timing
@@ -131,6 +133,11 @@ def split_member(value: str) -> tuple[str, str]:
 def durations(model: str) -> str:
     """Recent durations of a model's remote jobs."""
     return f"{PREFIX}:durations:{model}"
+
+
+def refill_times(model: str) -> str:
+    """Recent refill times of a model's remote jobs (worker/state.py `record_duration`)."""
+    return f"{PREFIX}:refill-times:{model}"
 
 
 def waiting_untimed(model: str) -> str:

@@ -49,6 +49,16 @@ TRUSTED_HISTORY = 10
 EARLY_QUANTILE = 0.03
 #: the share of a gap between the polls of a uniform sweep's last jobs (`Pacer.next_delay`)
 TAIL_SHARE = 0.5
+#: refill times (a freed slot's job end -> the end of the refill that took it) of a model
+#: needed before a refill's first poll is aimed by them (`Pacer.refill_delay`)
+REFILL_SAMPLES = 8
+#: ... and they must be a wave's: this share of them within one gap of the earliest; the
+#: first poll then aims at this quantile of those (a refill's end follows the end that
+#: freed its slot by two job times, give or take the spread of a wave's ends, which is
+#: that of the first wave's starts: aimed at the start of that spread, half of the wave
+#: would be asked too early and seen a whole gap later)
+REFILL_SHARE = 0.8
+REFILL_QUANTILE = 0.9
 #: a planned gap is shortened by up to this share at random, to spread polls out
 JITTER = 0.05
 #: a job's first poll aims just after a spike of the history at its earliest likely end, if
@@ -123,7 +133,9 @@ class Pacer:
     rng: random.Random = field(default_factory=random.Random)
     cache_seconds: float = 5.0
     clock: Callable[[], float] = time.monotonic
-    _cache: dict[str, tuple[float, list[float]]] = field(default_factory=dict)
+    #: a model's recent refill times (see `refill_delay`); none known by default
+    refill_times: Callable[[str], Sequence[float]] = lambda _model: ()
+    _cache: dict[tuple[str, bool], tuple[float, list[float]]] = field(default_factory=dict)
 
     def first_delay(self, model: str) -> float:
         """Delay from submission to the first poll (or, model untimed, the first wake-up)."""
@@ -153,6 +165,28 @@ class Pacer:
                                                     latency_gap(early)) is not None:
             return max(MIN_POLL_DELAY, TAIL_SHARE * delay)
         return delay
+
+    def refill_delay(self, model: str, lead: float) -> float | None:
+        """Delay from submission to the first poll of a refill submitted `lead` s after the
+        job whose slot it took ended, when the model's refill times (from such an end to the
+        refill's own end) are a wave's (REFILL_SHARE of them within a gap of the earliest):
+        then it aims at their REFILL_QUANTILE; else None (aim by durations, `first_delay`).
+
+        When the API's queue holds a whole wave of equal jobs, a refill waits there for the
+        next wave and ends about two job times after the end that freed its slot, however
+        late it was submitted: its duration from submission tells little (those spread over
+        a job's time), the end it follows tells it to within the spread of a wave's ends.
+        With spread-out durations, or when only some refills wait in the queue, the refill
+        times spread too and the durations decide.
+        """
+        history = self._history(model, refills=True)
+        if len(history) < REFILL_SAMPLES:
+            return None
+        early = _quantile(history, EARLY_QUANTILE)
+        inside = history[:bisect.bisect_right(history, early + latency_gap(early))]
+        if len(inside) < REFILL_SHARE * len(history):
+            return None
+        return _clamp(_quantile(inside, REFILL_QUANTILE) + AIM_MARGIN - lead)
 
     def first_wake(self, model: str) -> float | None:
         """When (after submission) a job whose first poll was just planned wakes up to plan
@@ -261,13 +295,15 @@ class Pacer:
         spike = _spike_end(history, early, gap)
         return early + gap if spike is None else spike
 
-    def _history(self, model: str) -> list[float]:
-        now = self.clock()
-        cached = self._cache.get(model)
+    def _history(self, model: str, refills: bool = False) -> list[float]:
+        """A model's recent durations (or refill times), sorted; cached once trusted."""
+        read = self.refill_times if refills else self.durations
+        now, key = self.clock(), (model, refills)
+        cached = self._cache.get(key)
         if cached and len(cached[1]) >= TRUSTED_HISTORY and now - cached[0] < self.cache_seconds:
             return cached[1]
-        values = sorted(self.durations(model))
-        self._cache[model] = (now, values)
+        values = sorted(read(model))
+        self._cache[key] = (now, values)
         return values
 
     def _jitter(self, delay: float) -> float:

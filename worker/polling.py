@@ -25,7 +25,7 @@ from rcbatch.runcomfy.answers import JobState, ResultAnswer
 from rcbatch.worker import keys
 from rcbatch.worker.fetching import store_outputs
 from rcbatch.worker.pacing import HOP_SLACK, MAX_POLL_DELAY, SCOUTS, backoff
-from rcbatch.worker.refs import PendingFetch, StepRef
+from rcbatch.worker.refs import FreedSlot, PendingFetch, StepRef
 from rcbatch.worker.runtime import Runtime, outage_service
 from rcbatch.worker.state import REMOVE, Step
 from rcbatch.worker.submission import dispatch
@@ -212,7 +212,9 @@ def _succeeded(rt: Runtime, ref: StepRef, step: Step, answer: ResultAnswer) -> N
         rt.finish(ref, expect=_REMOTE, to=keys.FAILED,
                   error={"kind": "no_output", "message": "the job succeeded with no output"})
         return
-    _record_duration(rt, item["model"], _job_time(answer, item, now))
+    seconds = _job_time(answer, item, now)
+    freed = FreedSlot(item["model"], float(item.get("submitted_at") or now) + seconds)
+    _record_duration(rt, item, seconds, freed.ended_at)
     if _discards(step):
         rt.finish(ref, expect=_REMOTE, to=keys.CANCELLED,
                   error={"kind": "cancelled", "message": "the batch was cancelled; outputs "
@@ -233,7 +235,9 @@ def _succeeded(rt: Runtime, ref: StepRef, step: Step, answer: ResultAnswer) -> N
                                 due=now + rt.limits.step_grace, inflight=REMOVE, values=values)
     if ok:
         rt.item_log(ref).info("item_fetching", state=keys.FETCHING, outputs=len(urls))
-        dispatch(rt, inline=1)  # the slot is free: fill it before the download
+        # the slot is free: fill it before the download, with one item (each job seen done
+        # fills its own slot, so a refill's first poll follows the end of the job it replaced)
+        dispatch(rt, limit=1, inline=1, freed=freed)
         # Stored right here rather than through a fetch nudge: one task and one hop less per
         # job (in a round, once its other polls ran). The item is `fetching` with its own
         # step and deadline, so if this process dies the reconciler re-drives the fetch
@@ -252,16 +256,22 @@ def _discards(step: Step) -> bool:
     return step.batch.get("state") == keys.BATCH_CANCELLED and bool(step.batch.get("discard"))
 
 
-def _record_duration(rt: Runtime, model: str, seconds: float) -> None:
+def _record_duration(rt: Runtime, item: dict[str, str], seconds: float,
+                     ended_at: float) -> None:
     """Remember a job's duration; the first one of a model wakes every job of it that waits
     in the cold start, oldest first, so that those which ended meanwhile are asked now rather
     than at their next wake-up (the oldest are the likeliest to have ended: woken first, they
     are asked first, ahead of the burst of young ones). Only a sleeping job is woken, and its
     step moves on (its pending wake-up becomes a stale copy that exits): no two live copies of
-    one step can both ask the API, and a step that is running is left alone."""
+    one step can both ask the API, and a step that is running is left alone.
+
+    A refill (an item submitted into the slot of a job seen done) also records its refill
+    time: from that job's end (`slot_freed_at`) to its own (`Pacer.refill_delay`)."""
     assert rt.pacer is not None
+    model, freed_at = item["model"], item.get("slot_freed_at")
     first = not rt.pacer.timed(model)
-    rt.store.record_duration(model, seconds)
+    rt.store.record_duration(model, seconds,
+                             None if not freed_at else ended_at - float(freed_at))
     if first:  # three round trips and one round message, however many wait (150 at C=100)
         woken = rt.store.wake_polls(rt.store.take_waiting_for_timing(model),
                                     due=rt.clock() + rt.limits.step_grace)

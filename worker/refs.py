@@ -70,3 +70,13 @@ class PendingFetch:
     ref: StepRef
     item: dict[str, str]
     batch: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class FreedSlot:
+    """The slot of a job just seen done, handed to the item submitted in its place (a
+    refill, worker/submission.py): the job's model and when it ended, by the runtime's clock
+    (its submission time plus its duration as the API's timestamps tell it)."""
+
+    model: str
+    ended_at: float

@@ -165,7 +165,8 @@ class Runtime:
 
     def __post_init__(self) -> None:
         if self.pacer is None:
-            self.pacer = Pacer(self.store.recent_durations)
+            self.pacer = Pacer(self.store.recent_durations,
+                               refill_times=self.store.recent_refill_times)
 
     def run(self, awaitable: Awaitable[T]) -> T:
         """Run a coroutine on this process's own event loop (one task at a time)."""

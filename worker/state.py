@@ -317,11 +317,16 @@ class Store:
         if until > current:
             self.redis.set(keys.COOLDOWN, str(until), ex=max(1, int(seconds) + 1))
 
-    def record_duration(self, model: str, seconds: float, keep: int = 200) -> None:
-        """Remember how long a remote job of `model` took."""
+    def record_duration(self, model: str, seconds: float, refill_time: float | None = None,
+                        keep: int = 200) -> None:
+        """Remember how long a remote job of `model` took, and for a refill how long after
+        the end that freed its slot it ended (worker/pacing.py `Pacer.refill_delay`)."""
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.lpush(keys.durations(model), f"{seconds:.3f}")
-            pipe.ltrim(keys.durations(model), 0, keep - 1)
+            for key, value in ((keys.durations(model), seconds),
+                               (keys.refill_times(model), refill_time)):
+                if value is not None:
+                    pipe.lpush(key, f"{value:.3f}")
+                    pipe.ltrim(key, 0, keep - 1)
             pipe.execute()
 
     def wait_for_timing(self, model: str, bid: str, iid: str, submitted: float,
@@ -360,6 +365,10 @@ class Store:
     def recent_durations(self, model: str) -> list[float]:
         """Recent remote job durations of `model`, newest first."""
         return [float(_text(v)) for v in self.redis.lrange(keys.durations(model), 0, -1)]
+
+    def recent_refill_times(self, model: str) -> list[float]:
+        """Recent refill times of `model` (see `record_duration`), newest first."""
+        return [float(_text(v)) for v in self.redis.lrange(keys.refill_times(model), 0, -1)]
 
 
 def _target(who: StepRef | str, iid: str,

@@ -21,7 +21,7 @@ import functools
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -36,7 +36,7 @@ from rcbatch.runcomfy.answers import SubmitAnswer
 from rcbatch.worker import keys
 from rcbatch.worker.bucket.inputs import PRESIGN_SECONDS, has_refs, presigned_body
 from rcbatch.worker.pacing import HOP_SLACK, MAX_POLL_DELAY, backoff
-from rcbatch.worker.refs import StepRef
+from rcbatch.worker.refs import FreedSlot, StepRef
 from rcbatch.worker.runtime import Runtime, outage_service
 from rcbatch.worker.state import REMOVE
 
@@ -46,13 +46,15 @@ from rcbatch.worker.state import REMOVE
 SUBMIT_GROUP = 8
 
 
-def dispatch(rt: Runtime, limit: int = 200, inline: int = 0) -> int:
+def dispatch(rt: Runtime, limit: int = 200, inline: int = 0,
+             freed: FreedSlot | None = None) -> int:
     """Claim pending items of every active batch while slots are free; nudge their submits,
     in groups of up to SUBMIT_GROUP (`submit_group`).
 
     Up to `inline` of them are submitted right here instead (a slot refilled when a job
-    ends: one task less per job). Never while this process is already submitting inline,
-    so a run of refused items cannot recurse through `finish -> dispatch -> submit`.
+    ends: one task less per job; `freed` is that job's slot, whose end paces the refill's
+    first poll). Never while this process is already submitting inline, so a run of refused
+    items cannot recurse through `finish -> dispatch -> submit`.
     """
     sent, here = 0, list[StepRef]()
     inline = 0 if rt.submitting_inline else inline
@@ -68,7 +70,7 @@ def dispatch(rt: Runtime, limit: int = 200, inline: int = 0) -> int:
         _nudge_in_groups(rt, claimed[take:])
         sent += len(claimed)
     for ref in here:
-        _submit_inline(rt, ref)
+        _submit_inline(rt, ref, freed)
     return sent
 
 
@@ -89,12 +91,12 @@ def refill(rt: Runtime) -> None:
     dispatch(rt, inline=1)
 
 
-def _submit_inline(rt: Runtime, ref: StepRef) -> None:
+def _submit_inline(rt: Runtime, ref: StepRef, freed: FreedSlot | None = None) -> None:
     """Submit a claimed item in this process; if that breaks, leave it to a nudge (the token
     guard makes a second submit of the same claim a no-op once it has been sent)."""
     rt.submitting_inline = True
     try:
-        submit(rt, ref)
+        submit(rt, ref, freed)
     except Exception as exc:  # a bug or Redis gone: the caller's own step must go on
         rt.item_log(ref).warning("inline_submit_failed", error=type(exc).__name__)
         rt.publisher.submit(ref.bid, ref.iid, ref.token)
@@ -102,11 +104,14 @@ def _submit_inline(rt: Runtime, ref: StepRef) -> None:
         rt.submitting_inline = False
 
 
-def submit(rt: Runtime, ref: StepRef) -> None:
-    """Submit one claimed item, guarded by its dispatch token (`StepRef.claimed`)."""
+def submit(rt: Runtime, ref: StepRef, freed: FreedSlot | None = None) -> None:
+    """Submit one claimed item, guarded by its dispatch token (`StepRef.claimed`), into
+    `freed` when it refills the slot of a job seen done."""
     sending = _ready(rt, ref)
     if sending is None or not _replicated(rt, [sending]):
         return
+    if freed is not None:
+        sending = replace(sending, freed=freed)
     try:
         answer = rt.run(rt.client.submit(sending.model, sending.body))
     except RcbatchError as exc:
@@ -160,6 +165,8 @@ class _Sending:
     ref: StepRef
     model: str
     body: dict[str, object]
+    #: the slot it refills, if any (`dispatch`)
+    freed: FreedSlot | None = None
 
 
 def _ready(rt: Runtime, ref: StepRef) -> _Sending | None:
@@ -317,26 +324,41 @@ def _settle(rt: Runtime, sending: _Sending, outcome: SubmitAnswer | RcbatchError
         rt.finish(ref, expect=(keys.SUBMITTING,), to=keys.FAILED, error=outcome.as_record())
     else:
         rt.service_ok(ref.bid, "api", keys.BATCH_RUNNING)
-        _accepted(rt, ref, outcome.request_id, sending.model)
+        _accepted(rt, sending, outcome.request_id)
         rt.item_log(ref).info("item_submitted", request_id=outcome.request_id,
                               state=keys.SUBMITTED)
 
 
-def _accepted(rt: Runtime, ref: StepRef, request_id: str, model: str) -> None:
-    now = rt.clock()
+def _accepted(rt: Runtime, sending: _Sending, request_id: str) -> None:
+    now, ref, freed = rt.clock(), sending.ref, sending.freed
+    # a refill of its own model's slot records that slot's end, to learn refill times
+    freed_at = freed.ended_at if freed is not None and freed.model == sending.model else None
+    delay, hop = _first_poll(rt, sending.model, None if freed_at is None else now - freed_at)
+    ok, _ = rt.store.transition(
+        ref, expect=(keys.SUBMITTING,), to=keys.SUBMITTED, due=now + hop + rt.limits.step_grace,
+        inflight=now + rt.limits.slot_lease,
+        values={"request_id": request_id, "submitted_at": now, "seq": 1, "deliveries": 0,
+                "polls": 0, "step_errors": 0, "outage_errors": 0, "poll_at": now + delay,
+                "slot_freed_at": "" if freed_at is None else freed_at})
+    if ok:
+        rt.publisher.poll(ref.bid, ref.iid, 1, countdown=hop)
+
+
+def _first_poll(rt: Runtime, model: str, lead: float | None) -> tuple[float, float]:
+    """(delay to the first poll, delay to the first wake-up) of a job just accepted: a
+    refill submitted `lead` s after the end that freed its slot is aimed by the model's
+    refill times when those are a wave's (`Pacer.refill_delay`), any other job by the
+    model's durations."""
     assert rt.pacer is not None
+    delay = None if lead is None else rt.pacer.refill_delay(model, lead)
+    if delay is not None:
+        return delay, min(delay, MAX_POLL_DELAY)
     delay = rt.pacer.first_delay(model)
     hop = min(delay, MAX_POLL_DELAY)  # a longer delay is slept in hops (worker/polling.py)
     wake = rt.pacer.first_wake(model)
     if wake is not None and wake < hop - HOP_SLACK:
         hop = wake  # planned on a short history: wake at its earliest end to aim again
-    ok, _ = rt.store.transition(
-        ref, expect=(keys.SUBMITTING,), to=keys.SUBMITTED,
-        due=now + hop + rt.limits.step_grace, inflight=now + rt.limits.slot_lease,
-        values={"request_id": request_id, "submitted_at": now, "seq": 1, "deliveries": 0,
-                "polls": 0, "step_errors": 0, "outage_errors": 0, "poll_at": now + delay})
-    if ok:
-        rt.publisher.poll(ref.bid, ref.iid, 1, countdown=hop)
+    return delay, hop
 
 
 def _retry_submit(rt: Runtime, ref: StepRef, exc: RetryLater) -> None:
