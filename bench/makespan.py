@@ -7,7 +7,10 @@
    and C = 100; a 30 s video wave at C = 24, run ten times faster through the simulator's
    `time_scale`). Every slot frees at once, so each wave's loss shows: for each wave, when
    the simulator finished the jobs, when rcbatch noticed, when the refills reached the
-   simulator and when they started (`wave_breakdown`).
+   simulator and when they started (`wave_breakdown`). rcbatch keeps 2 x C in flight, as
+   the README advises for sweeps: a whole wave waits in the API's queue.
+1e-1f. The same waves with C in flight (no queue) and with C + 1 s of ends (half a wave
+   queued, `knobs_for`), for comparison.
 
 The ideal is the simulator's own best schedule of those very jobs at cap C: all of them
 queued at time 0 in submit order, each slot taking the next job the instant it frees
@@ -57,8 +60,13 @@ class WaveCase:
     seconds: float
     time_scale: float = 1.0
     n_waves: int = WAVES
-    #: False: rcbatch keeps only C jobs in flight (no API queue to hide a wave's hand-over)
-    headroom: bool = True
+    #: rcbatch's max_in_flight as a multiple of C: 2 (the default) keeps a whole wave
+    #: waiting in the API's queue, so every slot a wave frees starts a queued job at once and
+    #: a refill only has to reach the API within a job's time; 1 keeps only C in flight (no
+    #: queue to hide a wave's hand-over); None: `knobs_for`'s HEADROOM_SECONDS, as for
+    #: spread-out durations (half a wave of 2 s jobs waits, the other half of the slots
+    #: wait for refills)
+    in_flight: float | None = 2.0
 
     @property
     def duration(self) -> float:
@@ -72,7 +80,9 @@ WAVE_CASES = (
     WaveCase("1d. Makespan, uniform 30 s video waves (time scale 0.1), C = 24", I2V, 24,
              30.0, 0.1),
     WaveCase("1e. Makespan, uniform waves of 2 s, C = 24, max_in_flight = C", T2I, 24, 2.0,
-             headroom=False),
+             in_flight=1.0),
+    WaveCase("1f. Makespan, uniform waves of 2 s, C = 100, max_in_flight = C + 1 s of ends",
+             T2I, 100, 2.0, in_flight=None),
 )
 QUICK_WAVE_CASES = (WaveCase("1b. Makespan, uniform waves (quick)", T2I, 4, 0.5, n_waves=4),)
 
@@ -254,8 +264,8 @@ class WaveRun:
 
 def _waves(svc: Services, opts: Options, case: WaveCase, runs: int) -> Section:
     knobs = knobs_for(case.cap, opts, mean_duration=case.duration)
-    if not case.headroom:
-        knobs = replace(knobs, max_in_flight=case.cap)
+    if case.in_flight is not None:
+        knobs = replace(knobs, max_in_flight=round(case.in_flight * case.cap))
     done = [_wave_run(svc, knobs, case, opts.seed, k) for k in range(runs)]
     ranked = sorted(done, key=lambda r: _ratio(r.out))
     run = ranked[len(ranked) // 2]
