@@ -160,8 +160,12 @@ def test_spread_durations_keep_their_gaps_in_the_tail() -> None:
     assert spread.next_delay(MODEL, 2.0, 2, tail=True) >= 0.95 * latency_gap(2.0)
 
 
-def refill_pacer(refill_times: list[float]) -> Pacer:
-    return Pacer(lambda _model: [2.0] * 24, rng=random.Random(7), clock=lambda: 0.0,
+#: a sweep's durations from submission once a whole wave waits in the API's queue
+QUEUED = [2.0] * 24 + [2.0 + 2.0 * k / 175 for k in range(176)]
+
+
+def refill_pacer(refill_times: list[float], durations: list[float] = QUEUED) -> Pacer:
+    return Pacer(lambda _model: durations, rng=random.Random(7), clock=lambda: 0.0,
                  refill_times=lambda _model: refill_times)
 
 
@@ -178,6 +182,13 @@ def test_refill_times_that_are_not_a_waves_leave_the_first_poll_to_the_durations
     spread = [1.0 + 4.0 * k / 199 for k in range(200)]
     for times in (half_queued, spread, [4.0] * 7):
         assert refill_pacer(times).refill_delay(MODEL, lead=0.1) is None, times[:3]
+
+
+def test_durations_as_narrow_as_the_refill_times_decide() -> None:
+    # no queue: a refill ends a job's time after its own submission; its refill time adds
+    # how late the end that freed its slot was seen
+    times = [2.1 + 0.2 * k / 99 for k in range(100)]
+    assert refill_pacer(times, durations=[2.0] * 200).refill_delay(MODEL, lead=0.2) is None
 
 
 def test_a_refill_submitted_after_its_waves_end_is_asked_at_once() -> None:

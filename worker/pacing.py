@@ -177,10 +177,12 @@ class Pacer:
         late it was submitted: its duration from submission tells little (those spread over
         a job's time), the end it follows tells it to within the spread of a wave's ends.
         With spread-out durations, or when only some refills wait in the queue, the refill
-        times spread too and the durations decide.
+        times spread too and the durations decide; so they do when they are as narrow as the
+        refill times (no queue: a refill ends a job's time after its own submission, and
+        its refill time adds how late its slot's end was seen).
         """
         history = self._history(model, refills=True)
-        if len(history) < REFILL_SAMPLES:
+        if len(history) < REFILL_SAMPLES or _width(self._history(model)) <= _width(history):
             return None
         early = _quantile(history, EARLY_QUANTILE)
         inside = history[:bisect.bisect_right(history, early + latency_gap(early))]
@@ -328,6 +330,11 @@ def _spike_end(history: Sequence[float], early: float, gap: float) -> float | No
                                    or len(spike) < SPIKE_SHARE * len(inside)):
         return None
     return spike[-1] + AIM_MARGIN
+
+
+def _width(sorted_values: Sequence[float]) -> float:
+    """How far apart the middle 80 % of (sorted) values lie."""
+    return _quantile(sorted_values, 0.9) - _quantile(sorted_values, 0.1)
 
 
 def _clamp(delay: float) -> float:
