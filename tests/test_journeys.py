@@ -186,3 +186,27 @@ def test_retry_after_run_has_exited_says_nothing_runs_then_wait_runs_it(shell: S
     assert final["submits"] == 4 and final["duplicate_submits"] == 0
     doc = shell.status("again")
     assert verified_outputs(doc["manifest"]) == {"completed": 4}
+
+
+def test_a_sweep_with_a_whole_wave_queued_at_the_api_is_asked_about_under_3_times_a_job(
+        shell: Shell) -> None:
+    # the README's advice for sweeps of equal jobs: MAX_IN_FLIGHT at twice the account's
+    # concurrency, so a whole wave waits in the API's queue. Those jobs' durations from
+    # submission spread over a job's time; their refill times do not (worker/pacing.py)
+    n = 60  # ten waves
+    spec = shell.write("sweep.jsonl", rows(n))
+    with simulator(shell, "--concurrency", "6", "--duration", "2-2",
+                   "--image-scale", "0.05") as url:
+        _api(shell, url)
+        run = shell.run("run", str(spec), "--name", "waves", "--no-preflight",
+                        RCBATCH_MAX_IN_FLIGHT="12")
+        after = stats(url)
+    assert run.returncode == 0, run.stderr
+    assert after["completed"] == after["submits"] == n and after["duplicate_submits"] == 0
+    assert after["peak_in_progress"] == 6  # the API's slots were full, never over
+    polls = after["result_polls"] + after["status_polls"]
+    print(f"{polls} polls for {n} jobs")
+    assert polls <= 3 * n, after  # the issue's bar: at most 3 per job
+    doc = shell.status("waves")
+    assert doc["counts"]["completed"] == n
+    assert verified_outputs(doc["manifest"]).get("completed", 0) == n
