@@ -19,7 +19,6 @@ from rcbatch.runcomfy.fake import FakeRunComfy
 from rcbatch.worker import fetching, polling, submission
 from rcbatch.worker.bucket import MemoryBucket
 from rcbatch.worker.pacing import (
-    MIN_POLL_DELAY,
     Pacer,
     WakePlan,
     guard_interval,
@@ -173,26 +172,22 @@ def test_a_refill_is_first_asked_near_the_top_of_its_waves_refill_times() -> Non
     # a wave's refills end two job times after the ends that freed their slots, give or
     # take the spread of the wave's ends; this one was submitted 0.4 s after its slot's end
     times = [3.8 + 0.3 * k / 99 for k in range(100)]
-    delay = refill_pacer(times).refill_delay(MODEL, lead=0.4)
-    assert delay == pytest.approx(3.8 + 0.3 * 0.9 + 0.02 - 0.4, abs=0.01)
+    aim = refill_pacer(times).refill_aim(MODEL)
+    assert aim == pytest.approx(3.8 + 0.3 * 0.9 + 0.02, abs=0.01)
 
 
 def test_refill_times_that_are_not_a_waves_leave_the_first_poll_to_the_durations() -> None:
     half_queued = [2.1 + 0.3 * k / 49 for k in range(50)] + [4.0] * 50
     spread = [1.0 + 4.0 * k / 199 for k in range(200)]
     for times in (half_queued, spread, [4.0] * 7):
-        assert refill_pacer(times).refill_delay(MODEL, lead=0.1) is None, times[:3]
+        assert refill_pacer(times).refill_aim(MODEL) is None, times[:3]
 
 
 def test_durations_as_narrow_as_the_refill_times_decide() -> None:
     # no queue: a refill ends a job's time after its own submission; its refill time adds
     # how late the end that freed its slot was seen
     times = [2.1 + 0.2 * k / 99 for k in range(100)]
-    assert refill_pacer(times, durations=[2.0] * 200).refill_delay(MODEL, lead=0.2) is None
-
-
-def test_a_refill_submitted_after_its_waves_end_is_asked_at_once() -> None:
-    assert refill_pacer([4.0] * 24).refill_delay(MODEL, lead=4.5) == MIN_POLL_DELAY
+    assert refill_pacer(times, durations=[2.0] * 200).refill_aim(MODEL) is None
 
 
 def test_a_timed_job_is_not_polled_before_the_earliest_jobs_end() -> None:
@@ -368,7 +363,7 @@ class QueueingCluster(Cluster):
                 self.api.finish(rid, seconds=self.ends[rid] - float(r["submitted_at"]))
 
 
-def test_refills_waiting_a_wave_in_the_api_queue_are_asked_once_just_after_they_end(
+def test_refills_waiting_a_wave_in_the_api_queue_are_seen_just_after_they_end(
 ) -> None:
     # a whole wave waits in the API's queue: a refill ends two job times after the end that
     # freed its slot, however long after that end it was submitted, while its duration from
@@ -377,11 +372,15 @@ def test_refills_waiting_a_wave_in_the_api_queue_are_asked_once_just_after_they_
     cluster.run(until=cluster.now + 40.0)
     items = {iid: cluster.item(iid) for iid in cluster.durations}
     assert all(r["state"] == "completed" for r in items.values())
-    late = [iid for iid in list(items)[-16:]]  # the last four waves' (refill times known)
-    assert all(items[iid].get("slot_freed_at") for iid in late)
-    for iid in late:
-        assert int(items[iid]["polls"]) == 1
+    # from the fifth wave on, refills end while their model's refill times are known: those
+    # planned before are re-aimed at their wave's end when their first poll finds them busy,
+    # the later ones are asked once
+    later = list(items)[16:]
+    assert all(items[iid].get("slot_freed_at") for iid in later)
+    for iid in later:
         assert float(items[iid]["remote_finished_at"]) - cluster.end_of(iid) <= 0.05
+    assert [int(items[iid]["polls"]) for iid in later[-16:]] == [1] * 16
+    assert max(int(items[iid]["polls"]) for iid in later) <= 3
     assert cluster.store.recent_refill_times(MODEL)[0] == pytest.approx(4.0)
 
 

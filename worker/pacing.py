@@ -50,7 +50,7 @@ EARLY_QUANTILE = 0.03
 #: the share of a gap between the polls of a uniform sweep's last jobs (`Pacer.next_delay`)
 TAIL_SHARE = 0.5
 #: refill times (a freed slot's job end -> the end of the refill that took it) of a model
-#: needed before a refill's first poll is aimed by them (`Pacer.refill_delay`)
+#: needed before a refill's polls are aimed by them (`Pacer.refill_aim`)
 REFILL_SAMPLES = 8
 #: ... and they must be a wave's: this share of them within one gap of the earliest; the
 #: first poll then aims at this quantile of those (a refill's end follows the end that
@@ -133,7 +133,7 @@ class Pacer:
     rng: random.Random = field(default_factory=random.Random)
     cache_seconds: float = 5.0
     clock: Callable[[], float] = time.monotonic
-    #: a model's recent refill times (see `refill_delay`); none known by default
+    #: a model's recent refill times (see `refill_aim`); none known by default
     refill_times: Callable[[str], Sequence[float]] = lambda _model: ()
     _cache: dict[tuple[str, bool], tuple[float, list[float]]] = field(default_factory=dict)
 
@@ -166,11 +166,11 @@ class Pacer:
             return max(MIN_POLL_DELAY, TAIL_SHARE * delay)
         return delay
 
-    def refill_delay(self, model: str, lead: float) -> float | None:
-        """Delay from submission to the first poll of a refill submitted `lead` s after the
-        job whose slot it took ended, when the model's refill times (from such an end to the
-        refill's own end) are a wave's (REFILL_SHARE of them within a gap of the earliest):
-        then it aims at their REFILL_QUANTILE; else None (aim by durations, `first_delay`).
+    def refill_aim(self, model: str) -> float | None:
+        """When a refill of `model` is asked (seconds after the end of the job whose slot it
+        took), if the model's refill times (from such an end to the refill's own end) are a
+        wave's (REFILL_SHARE of them within a gap of the earliest): their REFILL_QUANTILE.
+        Else None: its polls are planned by durations alone.
 
         When the API's queue holds a whole wave of equal jobs, a refill waits there for the
         next wave and ends about two job times after the end that freed its slot, however
@@ -188,7 +188,7 @@ class Pacer:
         inside = history[:bisect.bisect_right(history, early + latency_gap(early))]
         if len(inside) < REFILL_SHARE * len(history):
             return None
-        return _clamp(_quantile(inside, REFILL_QUANTILE) + AIM_MARGIN - lead)
+        return _quantile(inside, REFILL_QUANTILE) + AIM_MARGIN
 
     def first_wake(self, model: str) -> float | None:
         """When (after submission) a job whose first poll was just planned wakes up to plan

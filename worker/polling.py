@@ -24,7 +24,7 @@ from rcbatch.errors import (
 from rcbatch.runcomfy.answers import JobState, ResultAnswer
 from rcbatch.worker import keys
 from rcbatch.worker.fetching import store_outputs
-from rcbatch.worker.pacing import HOP_SLACK, MAX_POLL_DELAY, SCOUTS, backoff
+from rcbatch.worker.pacing import HOP_SLACK, MAX_POLL_DELAY, MIN_POLL_DELAY, SCOUTS, backoff
 from rcbatch.worker.refs import FreedSlot, PendingFetch, StepRef
 from rcbatch.worker.runtime import Runtime, outage_service
 from rcbatch.worker.state import REMOVE, Step
@@ -199,6 +199,10 @@ def _still_waiting(rt: Runtime, ref: StepRef, step: Step, running: bool) -> None
     elapsed = max(0.0, now - float(item.get("submitted_at") or now))
     delay = rt.pacer.next_delay(item["model"], elapsed, int(item.get("polls", 0)) + 1,
                                 tail=step.batch.get("pending") == "0")
+    if item.get("slot_freed_at"):  # a refill: aim at its wave's end if that is still ahead
+        aim, since = rt.pacer.refill_aim(item["model"]), now - float(item["slot_freed_at"])
+        if aim is not None and since + MIN_POLL_DELAY < aim:
+            delay = aim - since
     if not rt.pacer.timed(item["model"]):
         values["scout_at"] = rt.pacer.next_probe(now, elapsed)
     to = keys.RUNNING if running else keys.SUBMITTED
@@ -266,7 +270,7 @@ def _record_duration(rt: Runtime, item: dict[str, str], seconds: float,
     one step can both ask the API, and a step that is running is left alone.
 
     A refill (an item submitted into the slot of a job seen done) also records its refill
-    time: from that job's end (`slot_freed_at`) to its own (`Pacer.refill_delay`)."""
+    time: from that job's end (`slot_freed_at`) to its own (`Pacer.refill_aim`)."""
     assert rt.pacer is not None
     model, freed_at = item["model"], item.get("slot_freed_at")
     first = not rt.pacer.timed(model)

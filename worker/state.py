@@ -320,7 +320,7 @@ class Store:
     def record_duration(self, model: str, seconds: float, refill_time: float | None = None,
                         keep: int = 200) -> None:
         """Remember how long a remote job of `model` took, and for a refill how long after
-        the end that freed its slot it ended (worker/pacing.py `Pacer.refill_delay`)."""
+        the end that freed its slot it ended (worker/pacing.py `Pacer.refill_aim`)."""
         with self.redis.pipeline(transaction=False) as pipe:
             for key, value in ((keys.durations(model), seconds),
                                (keys.refill_times(model), refill_time)):

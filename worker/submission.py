@@ -35,7 +35,7 @@ from rcbatch.errors import (
 from rcbatch.runcomfy.answers import SubmitAnswer
 from rcbatch.worker import keys
 from rcbatch.worker.bucket.inputs import PRESIGN_SECONDS, has_refs, presigned_body
-from rcbatch.worker.pacing import HOP_SLACK, MAX_POLL_DELAY, backoff
+from rcbatch.worker.pacing import HOP_SLACK, MAX_POLL_DELAY, MIN_POLL_DELAY, backoff
 from rcbatch.worker.refs import FreedSlot, StepRef
 from rcbatch.worker.runtime import Runtime, outage_service
 from rcbatch.worker.state import REMOVE
@@ -347,11 +347,12 @@ def _accepted(rt: Runtime, sending: _Sending, request_id: str) -> None:
 def _first_poll(rt: Runtime, model: str, lead: float | None) -> tuple[float, float]:
     """(delay to the first poll, delay to the first wake-up) of a job just accepted: a
     refill submitted `lead` s after the end that freed its slot is aimed by the model's
-    refill times when those are a wave's (`Pacer.refill_delay`), any other job by the
+    refill times when those are a wave's (`Pacer.refill_aim`), any other job by the
     model's durations."""
     assert rt.pacer is not None
-    delay = None if lead is None else rt.pacer.refill_delay(model, lead)
-    if delay is not None:
+    aim = None if lead is None else rt.pacer.refill_aim(model)
+    if aim is not None and lead is not None:
+        delay = max(MIN_POLL_DELAY, aim - lead)
         return delay, min(delay, MAX_POLL_DELAY)
     delay = rt.pacer.first_delay(model)
     hop = min(delay, MAX_POLL_DELAY)  # a longer delay is slept in hops (worker/polling.py)
