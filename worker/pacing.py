@@ -124,7 +124,9 @@ class Pacer:
     polls at most). Only the gap beyond the earliest end is jittered: jittering the whole
     delay would pull the first poll before any job can be done. When the history has a
     spike at its earliest end (jobs that all take the same time, as in a sweep), the first
-    poll aims just after the spike instead of a gap after it (`_first_aim`).
+    poll aims just after the spike instead of a gap after it (`_first_aim`). A refill (a
+    job submitted into the slot of one seen done) is aimed instead by the end that freed
+    its slot, when the model's refill times are a wave's (`refill_aim`, worker/polling.py).
 
     Before a model is timed, see `cold_wake`.
     """
